@@ -1,0 +1,22 @@
+# Shared helpers for the tools/ scripts; sourced, not run.
+# shellcheck shell=bash
+cache_dir=${TRADINGBOT_OPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tradingbot-ops}
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv="$cache_dir/venv"
+
+# Point ansible at this checkout as tradingbot.ops (the same farm tests/conftest.py uses),
+# and put the pinned toolchain first on PATH.
+use_toolchain() {
+  [ -x "$venv/bin/ansible-playbook" ] || die "no toolchain venv at $venv: run tools/bootstrap.sh first"
+  local farm="$repo_root/.pytest_cache/collections"
+  mkdir -p "$farm/ansible_collections/tradingbot"
+  ln -sfn "$repo_root" "$farm/ansible_collections/tradingbot/ops"
+  export PATH="$venv/bin:$PATH"
+  export ANSIBLE_COLLECTIONS_PATH="$farm"
+  # The pyenv shim breaks interpreter discovery for plays on localhost.
+  export TRADINGBOT_CONTROLLER_PYTHON="$venv/bin/python"
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The whole test suite: set-up, lint, sanity, pytest, and every molecule scenario on
+# both platforms. Each stage runs even when an earlier one failed; the exit status is
+# non-zero when any failed. The last line is "suite: N passed, N failed" (stages).
+#
+# Usage: tools/test.sh [STAGE ...]   stages: lint sanity pytest molecule (default: all)
+#        MOLECULE_SCENARIOS="hosts default" tools/test.sh molecule
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=tools/lib.sh
+. "$repo/tools/lib.sh"
+cd "$repo" || exit 1
+
+bash tools/bootstrap.sh >/dev/null || die "bootstrap failed"
+use_toolchain
+
+passed=0
+failed=0
+failed_stages=()
+
+stage() {
+  local name=$1 started rc
+  shift
+  started=$SECONDS
+  log "stage $name: $*"
+  "$@"
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    passed=$((passed + 1))
+    log "stage $name passed ($((SECONDS - started)) s)"
+  else
+    failed=$((failed + 1))
+    failed_stages+=("$name")
+    log "stage $name FAILED with exit $rc ($((SECONDS - started)) s)"
+  fi
+}
+
+run_lint() {
+  stage yamllint yamllint --strict .
+  stage ansible-lint ansible-lint --profile production --strict
+  stage ruff-check ruff check .
+  stage ruff-format ruff format --check .
+  stage changelog-lint antsibull-changelog lint
+}
+
+run_sanity() {
+  stage ansible-test-sanity bash tools/sanity.sh
+}
+
+run_pytest() {
+  stage pytest python -m pytest -p no:cacheprovider tests/ -ra
+}
+
+molecule_scenarios() {
+  if [ -n "${MOLECULE_SCENARIOS:-}" ]; then
+    echo "$MOLECULE_SCENARIOS"
+  else
+    find molecule -mindepth 2 -maxdepth 2 -name molecule.yml -printf '%h\n' | xargs -rn1 basename | sort
+  fi
+}
+
+run_molecule() {
+  local scenario
+  stage test-hosts bash tools/test-hosts.sh
+  for scenario in $(molecule_scenarios); do
+    stage "molecule-$scenario" molecule test -s "$scenario"
+  done
+}
+
+main() {
+  local stages=("$@") name
+  [ ${#stages[@]} -gt 0 ] || stages=(lint sanity pytest molecule)
+  for name in "${stages[@]}"; do
+    case $name in
+      lint) run_lint ;;
+      sanity) run_sanity ;;
+      pytest) run_pytest ;;
+      molecule) run_molecule ;;
+      *) die "unknown stage '$name' (lint, sanity, pytest, molecule)" ;;
+    esac
+  done
+  [ $failed -eq 0 ] || log "failed stages: ${failed_stages[*]}"
+  echo "suite: $passed passed, $failed failed"
+  [ $failed -eq 0 ]
+}
+
+main "$@"
