@@ -8,6 +8,14 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$repo/tools/lib.sh"
 venv="$cache_dir/venv"
 [ -x "$venv/bin/ansible-test" ] || die "no venv at $venv: run tools/bootstrap.sh first"
+# ansible-test bootstraps pip in its venvs from a script on a host this network cannot
+# reach; give it a stand-in under the name it looks for.
+ansible_test_dir=$("$venv/bin/python" -c 'import ansible_test, os; print(os.path.dirname(ansible_test.__file__))')
+pip_version=$(grep -oP "pip='\\K[0-9.]+" "$ansible_test_dir/_internal/python_requirements.py" | head -n1)
+[ -n "$pip_version" ] || die "cannot tell which pip ansible-test bootstraps"
+mkdir -p "$HOME/.ansible/test/cache"
+cp "$repo/tools/ansible-test-get-pip.py" "$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
+
 tree="$cache_dir/sanity/ansible_collections/tradingbot/ops"
 rm -rf "$tree" && mkdir -p "$tree"
 (cd "$repo" && git ls-files -co --exclude-standard -z) | rsync -a --from0 --files-from=- "$repo/" "$tree/"
