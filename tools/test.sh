@@ -42,6 +42,7 @@ run_lint() {
   stage ruff-check ruff check .
   stage ruff-format ruff format --check .
   stage changelog-lint antsibull-changelog lint
+  stage galaxy-build bash tools/check-build.sh
 }
 
 run_sanity() {
