@@ -71,7 +71,8 @@ build_venv() {
     log "building controller venv $venv with $python"
     rm -rf "$venv"
     "$python" -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/requirements-dev.txt"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/requirements-dev.txt" >"$venv.log" 2>&1 ||
+      { tail -n 20 "$venv.log" >&2; die "pip install failed (full log: $venv.log)"; }
     touch "$venv/.complete"
   fi
   ln -sfn "$venv" "$cache_dir/venv"

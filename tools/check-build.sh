@@ -17,3 +17,13 @@ for required in MANIFEST.json meta/runtime.yml README.md plugins/module_utils/ r
   grep -qE "^${required}" <<<"$listing" || die "the tarball lacks $required"
 done
 log "$(basename "$tarball"): $(wc -l <<<"$listing") entries, $(du -h "$tarball" | cut -f1), no development files"
+
+# The execution environment installs exactly this tarball: its name must match, and
+# ansible-builder must accept the definition and write a build context.
+ee="$repo/meta/execution-environment.yml"
+grep -q "$(basename "$tarball")" "$ee" || die "meta/execution-environment.yml does not reference $(basename "$tarball")"
+mkdir -p "$out/meta"
+cp "$ee" "$out/meta/"
+ansible-builder create --file "$out/meta/execution-environment.yml" --context "$out/context" >/dev/null
+[ -f "$out/context/_build/galaxy/$(basename "$tarball")" ] || die "ansible-builder's context lacks the collection tarball"
+log "execution environment: ansible-builder create wrote $(ls "$out/context" | tr '\n' ' ')"
