@@ -1,0 +1,320 @@
+"""The recovery self-test: proof, on a host, that its backups can be made and restored.
+
+It replaces the original ``scripts/test_recovery.sh`` and keeps its summary (Total tests,
+Passed, Failed, Pass rate). Everything it writes goes to a scratch directory (and, for
+PostgreSQL, a scratch database) that it removes again; the live database and the live
+backups are only read. ``playbooks/verify.yml`` and the monthly recovery-drill timer both
+run it on the host as ``python3 -m tradingbot_ops.recovery_test``.
+
+Stdlib only, no Ansible imports: it runs on hosts as part of the ``tradingbot_ops`` package.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import backup_engine, circuit_breaker, db_common, restore_engine
+from .db_common import BackupError
+
+SCRATCH_ROWS = 500
+METRICS_PREFIX = "tradingbot_recovery_drill"
+
+
+class CheckFailed(Exception):
+    """A check's own failure, with the detail an operator needs."""
+
+
+def _run(argv):
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise CheckFailed(f"{' '.join(argv[:2])} exited {proc.returncode}: {lines[-1] if lines else 'no output'}")
+    return proc.stdout
+
+
+def make_scratch_sqlite(path, rows=SCRATCH_ROWS):
+    """Write a small SQLite database in WAL mode, as the service keeps its own."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE trades (id INTEGER PRIMARY KEY, symbol TEXT NOT NULL, qty REAL NOT NULL)")
+        conn.execute("CREATE TABLE fills (id INTEGER PRIMARY KEY, trade_id INTEGER REFERENCES trades(id))")
+        conn.executemany(
+            "INSERT INTO trades (symbol, qty) VALUES (?, ?)", [(f"SYM{i % 17}", i * 0.25) for i in range(rows)]
+        )
+        conn.executemany("INSERT INTO fills (trade_id) VALUES (?)", [(i + 1,) for i in range(0, rows, 3)])
+    conn.close()
+
+
+def _backup_options(config, **overrides):
+    """The live backup configuration, pointed at scratch places; metrics and logs stay off."""
+    options = {key: value for key, value in config.items() if key in backup_engine.BACKUP_OPTIONS}
+    options.update(log_file=None, metrics_dir=None, owner=None, group=None, lock_timeout=30)
+    options.update(overrides)
+    return options
+
+
+def _age_backup(path, days):
+    """Rename a backup (and its manifest) as if it had been taken ``days`` days earlier."""
+    manifest = db_common.read_manifest(db_common.manifest_path(path))
+    parsed = db_common.parse_backup_name(os.path.basename(path))
+    older = parsed["timestamp"] - datetime.timedelta(days=days)
+    name = db_common.backup_name(manifest["engine"], older, manifest["format"], manifest["compression"])
+    new_path = os.path.join(os.path.dirname(path), name)
+    manifest["file"] = name
+    db_common.write_json_atomic(db_common.manifest_path(new_path), manifest)
+    os.rename(path, new_path)
+    os.unlink(db_common.manifest_path(path))
+    return new_path
+
+
+class SelfTest:
+    """Runs the checks in order and collects their results; one failure does not stop the rest."""
+
+    def __init__(self, config, units=(), logrotate_config=None, service=None, scratch_root=None):
+        self.config = config
+        self.units = list(units)
+        self.logrotate_config = logrotate_config
+        self.service = service
+        self.scratch_root = scratch_root
+        self.checks = []
+        self.scratch = None
+
+    def check(self, name, func):
+        started = time.monotonic()
+        try:
+            detail = func() or "ok"
+            ok = True
+        except (CheckFailed, BackupError, OSError, sqlite3.Error, ValueError, KeyError) as exc:
+            detail = str(exc) or type(exc).__name__
+            ok = False
+        self.checks.append({"name": name, "ok": ok, "detail": detail, "seconds": round(time.monotonic() - started, 3)})
+
+    # --- the checks -------------------------------------------------------------------------
+
+    def check_backup_engine(self):
+        plan = backup_engine.run_backup(_backup_options(self.config), check_mode=True)
+        return f"the live configuration plans {os.path.basename(plan['path'])}"
+
+    def check_restore_engine(self):
+        engine = self.config["engine"]
+        entries = restore_engine.list_restorable(self.config["backup_dir"], engine)
+        if not entries:
+            return f"no {engine} backups in {self.config['backup_dir']} yet: nothing to pre-flight"
+        latest = db_common.list_backups(self.config["backup_dir"], engine)[0]
+        restore_engine.preflight(latest["path"], latest["manifest"])
+        return f"{len(entries)} backup(s) listed; the latest, {latest['name']}, matches its checksum and decodes"
+
+    def check_sqlite_backup(self):
+        source = os.path.join(self.scratch, "source.db")
+        make_scratch_sqlite(source)
+        result = backup_engine.run_backup(
+            _backup_options(
+                {},
+                engine="sqlite",
+                database=source,
+                backup_dir=os.path.join(self.scratch, "backups"),
+                content_digest=True,
+            )
+        )
+        if not result["verification"].get("ok"):
+            raise CheckFailed(f"backup {result.get('path')} was written but not verified")
+        return f"{os.path.basename(result['path'])}: {result.get('size')} bytes, verified"
+
+    def check_sqlite_restore(self):
+        source = os.path.join(self.scratch, "source.db")
+        target = os.path.join(self.scratch, "restored.db")
+        restore_engine.restore_sqlite(target, os.path.join(self.scratch, "backups"))
+        expected = (db_common.sqlite_table_counts(source), db_common.sqlite_content_digest(source))
+        actual = (db_common.sqlite_table_counts(target), db_common.sqlite_content_digest(target))
+        if actual != expected:
+            raise CheckFailed(f"restored content differs: counts {actual[0]} vs {expected[0]}")
+        return f"row counts {actual[0]} and content digest match the source"
+
+    def check_retention(self):
+        backups = os.path.join(self.scratch, "retention")
+        source = os.path.join(self.scratch, "source.db")
+        first = backup_engine.run_backup(_backup_options({}, engine="sqlite", database=source, backup_dir=backups))
+        aged = _age_backup(first["path"], days=8)
+        foreign = os.path.join(backups, "sqlite_backup_20000101_000000.db.gz")
+        with open(foreign, "wb") as handle:
+            handle.write(b"not made by tradingbot.ops")
+        second = backup_engine.run_backup(_backup_options({}, engine="sqlite", database=source, backup_dir=backups))
+        left = sorted(os.listdir(backups))
+        problems = []
+        if os.path.exists(aged):
+            problems.append(f"the 8-day-old backup {os.path.basename(aged)} survived a 7-day rule")
+        if not os.path.exists(second["path"]):
+            problems.append("the new backup is gone")
+        if not os.path.exists(foreign):
+            problems.append("a file the collection did not create was deleted")
+        if problems:
+            raise CheckFailed("; ".join(problems) + f" (left: {left})")
+        return "an 8-day-old backup was deleted, the new one and a foreign file were kept"
+
+    def check_systemd_units(self):
+        paths = []
+        for unit in self.units:
+            path = _run(["systemctl", "show", "--property=FragmentPath", "--value", unit]).strip()
+            if not path:
+                raise CheckFailed(f"unit {unit} is not installed")
+            paths.append(path)
+        if paths:
+            _run(["systemd-analyze", "verify", *paths])
+        if self.service:
+            for query in ("is-active", "is-enabled"):
+                state = subprocess.run(
+                    ["systemctl", query, self.service], capture_output=True, text=True, check=False
+                ).stdout.strip()
+                if state not in {"active", "enabled"}:
+                    raise CheckFailed(f"{self.service} is {state or 'unknown'} ({query})")
+        return f"{len(paths)} unit file(s) verified; {self.service or 'no service'} active and enabled"
+
+    def check_logrotate(self):
+        if not self.logrotate_config:
+            return "no logrotate configuration given"
+        _run(["logrotate", "--debug", self.logrotate_config])
+        return f"logrotate --debug {self.logrotate_config} passed"
+
+    def check_circuit_breaker(self):
+        report = circuit_breaker.self_test()
+        failed = [check["name"] for check in report["checks"] if not check["ok"]]
+        if not report["ok"]:
+            raise CheckFailed(f"failed: {', '.join(failed)}")
+        return f"{len(report['checks'])} state-machine checks passed"
+
+    def _pg_params(self, database=None):
+        params = {key: self.config.get(key) for key in db_common.COMMON_OPTIONS if key.startswith("pg_")}
+        params["database"] = database or self.config["database"]
+        return params
+
+    def check_postgresql_backup(self):
+        backups = os.path.join(self.scratch, "pg-backups")
+        result = backup_engine.run_backup(
+            _backup_options(self.config, backup_dir=backups, retention_days=0, content_digest=True)
+        )
+        return f"{os.path.basename(result['path'])}: {result.get('size')} bytes, verified"
+
+    def check_postgresql_restore(self):
+        scratch_db = f"{self.config['database']}_selftest"
+        params = self._pg_params(scratch_db)
+        maintenance_db = self.config.get("maintenance_db", "postgres")
+        drop = 'DROP DATABASE IF EXISTS :"name"'
+        restore_engine.psql_script(params, drop, maintenance_db, {"name": scratch_db})
+        result = {}
+        try:
+            result = restore_engine.restore_postgresql(
+                params, os.path.join(self.scratch, "pg-backups"), maintenance_db=maintenance_db
+            )
+            live = db_common.pg_table_counts(self._pg_params())
+            restored = db_common.pg_table_counts(params)
+            if live != restored:
+                raise CheckFailed(f"restored row counts {restored} differ from the source's {live}")
+            return f"restored into scratch database {scratch_db}: {len(restored)} table(s) match"
+        finally:
+            for name in filter(None, (scratch_db, result.get("safety_copy"))):
+                restore_engine.psql_script(params, drop, maintenance_db, {"name": name})
+
+    # --- running ----------------------------------------------------------------------------
+
+    def run(self):
+        self.scratch = tempfile.mkdtemp(prefix="tradingbot-recovery-test-", dir=self.scratch_root)
+        try:
+            self.check("backup engine runs", self.check_backup_engine)
+            self.check("restore engine usable", self.check_restore_engine)
+            self.check("sqlite backup", self.check_sqlite_backup)
+            self.check("sqlite restore", self.check_sqlite_restore)
+            self.check("retention policy", self.check_retention)
+            self.check("systemd configuration", self.check_systemd_units)
+            self.check("logrotate configuration", self.check_logrotate)
+            self.check("circuit breaker", self.check_circuit_breaker)
+            if self.config.get("engine") == "postgresql":
+                self.check("postgresql backup", self.check_postgresql_backup)
+                self.check("postgresql restore", self.check_postgresql_restore)
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        return self.report()
+
+    def report(self):
+        passed = sum(1 for check in self.checks if check["ok"])
+        total = len(self.checks)
+        return {
+            "ok": passed == total,
+            "total": total,
+            "passed": passed,
+            "failed": total - passed,
+            "pass_rate": round(100.0 * passed / total) if total else 0,
+            "checks": self.checks,
+            "failed_checks": [check["name"] for check in self.checks if not check["ok"]],
+        }
+
+
+def summary_text(report):
+    """The original script's summary, preceded by one line per check."""
+    rule = "=" * 42
+    lines = [f"[{'PASS' if c['ok'] else 'FAIL'}] {c['name']}: {c['detail']}" for c in report["checks"]]
+    lines += [
+        rule,
+        "Recovery Test Summary",
+        rule,
+        f"Total tests: {report['total']}",
+        f"Passed: {report['passed']}",
+        f"Failed: {report['failed']}",
+        f"Pass rate: {report['pass_rate']}%",
+        rule,
+    ]
+    return "\n".join(lines)
+
+
+def write_metrics(metrics_dir, report, now=None):
+    """Prometheus textfile-collector metrics for the drill, written atomically."""
+    now = time.time() if now is None else now
+    lines = [
+        f"# HELP {METRICS_PREFIX}_success 1 when every recovery self-test check passed.",
+        f"# TYPE {METRICS_PREFIX}_success gauge",
+        f"{METRICS_PREFIX}_success {1 if report['ok'] else 0}",
+        f"# HELP {METRICS_PREFIX}_checks_failed Number of failed checks in the last drill.",
+        f"# TYPE {METRICS_PREFIX}_checks_failed gauge",
+        f"{METRICS_PREFIX}_checks_failed {report['failed']}",
+        f"# HELP {METRICS_PREFIX}_last_run_timestamp_seconds When the last drill finished.",
+        f"# TYPE {METRICS_PREFIX}_last_run_timestamp_seconds gauge",
+        f"{METRICS_PREFIX}_last_run_timestamp_seconds {now:.0f}",
+    ]
+    path = os.path.join(metrics_dir, f"{METRICS_PREFIX}.prom")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="tradingbot_ops.recovery_test", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="the backup job's JSON configuration")
+    parser.add_argument("--unit", action="append", default=[], help="a systemd unit to verify (repeatable)")
+    parser.add_argument("--service", help="the service that must be active and enabled")
+    parser.add_argument("--logrotate-config", help="the logrotate file to check")
+    parser.add_argument("--metrics-dir", help="write a Prometheus textfile-collector file here")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.config, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read {args.config}: {exc}", file=sys.stderr)
+        return 2
+    report = SelfTest(config, args.unit, args.logrotate_config, args.service).run()
+    if args.metrics_dir:
+        write_metrics(args.metrics_dir, report)
+    print(json.dumps(report) if args.json else summary_text(report))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
