@@ -15,6 +15,12 @@ use_toolchain() {
   local farm="$repo_root/.pytest_cache/collections"
   mkdir -p "$farm/ansible_collections/tradingbot"
   ln -sfn "$repo_root" "$farm/ansible_collections/tradingbot/ops"
+  # ansible-lint copies the collection into ~/.ansible/collections and a stale copy there
+  # shadows the checkout; a symlink to the checkout is what it leaves alone.
+  local user_collections="$HOME/.ansible/collections/ansible_collections/tradingbot"
+  mkdir -p "$user_collections"
+  [ -L "$user_collections/ops" ] || rm -rf "$user_collections/ops"
+  ln -sfn "$repo_root" "$user_collections/ops"
   export PATH="$venv/bin:$PATH"
   export ANSIBLE_COLLECTIONS_PATH="$farm"
   # The pyenv shim breaks interpreter discovery for plays on localhost.

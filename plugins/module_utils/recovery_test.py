@@ -25,6 +25,7 @@ from .db_common import BackupError
 
 SCRATCH_ROWS = 500
 METRICS_PREFIX = "tradingbot_recovery_drill"
+UNIT_DIR = "/etc/systemd/system"
 
 
 class CheckFailed(Exception):
@@ -77,9 +78,8 @@ def _age_backup(path, days):
 class SelfTest:
     """Runs the checks in order and collects their results; one failure does not stop the rest."""
 
-    def __init__(self, config, units=(), logrotate_config=None, service=None, scratch_root=None):
+    def __init__(self, config, service=None, logrotate_config=None, scratch_root=None):
         self.config = config
-        self.units = list(units)
         self.logrotate_config = logrotate_config
         self.service = service
         self.scratch_root = scratch_root
@@ -159,27 +159,47 @@ class SelfTest:
         return "an 8-day-old backup was deleted, the new one and a foreign file were kept"
 
     def check_systemd_units(self):
-        paths = []
-        for unit in self.units:
-            path = _run(["systemctl", "show", "--property=FragmentPath", "--value", unit]).strip()
-            if not path:
-                raise CheckFailed(f"unit {unit} is not installed")
-            paths.append(path)
+        paths = [path for path in self.unit_files() if os.path.exists(path)]
+        if self.service and not paths:
+            raise CheckFailed(f"no unit files for {self.service} in {UNIT_DIR}")
         if paths:
-            _run(["systemd-analyze", "verify", *paths])
+            _run(["systemd-analyze", "verify", "--man=no", *paths])
         if self.service:
-            for query in ("is-active", "is-enabled"):
-                state = subprocess.run(
-                    ["systemctl", query, self.service], capture_output=True, text=True, check=False
-                ).stdout.strip()
-                if state not in {"active", "enabled"}:
-                    raise CheckFailed(f"{self.service} is {state or 'unknown'} ({query})")
-        return f"{len(paths)} unit file(s) verified; {self.service or 'no service'} active and enabled"
+            for query, wanted in (("is-active", "active"), ("is-enabled", "enabled")):
+                proc = subprocess.run(["systemctl", query, self.service], capture_output=True, text=True, check=False)
+                if proc.stdout.strip() != wanted:
+                    raise CheckFailed(f"{self.service} is {proc.stdout.strip() or 'unknown'}, not {wanted}")
+        names = ", ".join(os.path.basename(path) for path in paths)
+        return f"verified {names or 'no units'}; {self.service or 'no service'} active and enabled"
+
+    def unit_files(self):
+        """The service's unit and its siblings (NAME-backup.timer, ...) in the admin unit dir."""
+        if not self.service:
+            return []
+        stem = self.service.rsplit(".", 1)[0]
+        try:
+            names = sorted(os.listdir(UNIT_DIR))
+        except OSError:
+            return []
+        return [
+            os.path.join(UNIT_DIR, name)
+            for name in names
+            if name == self.service or (name.startswith(stem + "-") and name.endswith((".service", ".timer")))
+        ]
 
     def check_logrotate(self):
         if not self.logrotate_config:
             return "no logrotate configuration given"
-        _run(["logrotate", "--debug", self.logrotate_config])
+        # logrotate exits 0 after some errors (an unknown directive is "ignored"): read its words too.
+        proc = subprocess.run(
+            ["logrotate", "--debug", "--state", os.path.join(self.scratch, "logrotate.status"), self.logrotate_config],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+        if proc.returncode != 0 or errors:
+            raise CheckFailed(f"logrotate --debug exited {proc.returncode}: {errors[0] if errors else 'no message'}")
         return f"logrotate --debug {self.logrotate_config} passed"
 
     def check_circuit_breaker(self):
@@ -297,8 +317,10 @@ def write_metrics(metrics_dir, report, now=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="tradingbot_ops.recovery_test", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the backup job's JSON configuration")
-    parser.add_argument("--unit", action="append", default=[], help="a systemd unit to verify (repeatable)")
-    parser.add_argument("--service", help="the service that must be active and enabled")
+    parser.add_argument(
+        "--service",
+        help="the service unit that must be active and enabled; it and its NAME-* units are verified",
+    )
     parser.add_argument("--logrotate-config", help="the logrotate file to check")
     parser.add_argument("--metrics-dir", help="write a Prometheus textfile-collector file here")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -309,10 +331,11 @@ def main(argv=None):
     except (OSError, ValueError) as exc:
         print(f"error: cannot read {args.config}: {exc}", file=sys.stderr)
         return 2
-    report = SelfTest(config, args.unit, args.logrotate_config, args.service).run()
+    report = SelfTest(config, args.service, args.logrotate_config).run()
     if args.metrics_dir:
         write_metrics(args.metrics_dir, report)
-    print(json.dumps(report) if args.json else summary_text(report))
+    report["summary"] = summary_text(report)
+    print(json.dumps(report) if args.json else report["summary"])
     return 0 if report["ok"] else 1
 
 
