@@ -1,0 +1,53 @@
+"""After the incident in converge.yml: the service runs on exactly the backed-up data."""
+
+import json
+
+DB = "/opt/tradingbot/data/tradingbot.db"
+BACKUPS = "/opt/tradingbot/backups"
+# Rows as text, in id order; `id <= N` compares the live database on the backup's range only,
+# because the service keeps writing new rows once it is back.
+ROWS_UP_TO = "SELECT group_concat(id || '|' || at || '|' || ifnull(price, '') || '|' || source, char(10)) "
+ROWS_UP_TO += "FROM (SELECT * FROM ticks WHERE id <= {max_id} ORDER BY id)"
+
+
+def sqlite(host, path, sql):
+    result = host.run("sqlite3 -readonly %s %s", path, sql)
+    assert result.rc == 0, result.stderr
+    return result.stdout.strip()
+
+
+def latest_backup(host):
+    names = host.run("ls -1 %s", BACKUPS).stdout.split()
+    backups = sorted(name for name in names if name.startswith("sqlite_backup_") and name.endswith(".db.gz"))
+    assert backups, names
+    return f"{BACKUPS}/{backups[-1]}"
+
+
+def test_service_is_back(host):
+    assert host.service("tradingbot").is_running
+    health = host.run(
+        "python3 -c %s", "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/health').read().decode())"
+    )
+    assert json.loads(health.stdout)["status"] == "ok"
+
+
+def test_data_equals_the_backup(host):
+    backup = latest_backup(host)
+    manifest = json.loads(host.file(backup + ".manifest.json").content_string)
+    unpacked = host.run("mktemp -d").stdout.strip() + "/backup.db"
+    assert host.run("gzip -dc %s > %s", backup, unpacked).rc == 0
+
+    max_id = int(sqlite(host, unpacked, "SELECT max(id) FROM ticks"))
+    assert int(sqlite(host, unpacked, "SELECT count(*) FROM ticks")) == manifest["tables"]["ticks"]
+    assert sqlite(host, DB, ROWS_UP_TO.format(max_id=max_id)) == sqlite(
+        host, unpacked, ROWS_UP_TO.format(max_id=max_id)
+    )
+    assert sqlite(host, DB, "SELECT count(*) FROM ticks WHERE source = 'damaged'") == "0"
+
+
+def test_the_damaged_database_is_kept_as_the_safety_copy(host):
+    copies = host.run("ls -1d %s.*", DB).stdout.split()
+    safety = [path for path in copies if not path.endswith(("-wal", "-shm"))]
+    assert len(safety) == 1, copies
+    assert int(sqlite(host, safety[0], "SELECT count(*) FROM ticks WHERE source = 'damaged'")) > 0
+    assert host.file(safety[0]).user == "tradingbot"
