@@ -16,8 +16,12 @@ pip_version=$(grep -oP "pip='\\K[0-9.]+" "$ansible_test_dir/_internal/python_req
 mkdir -p "$HOME/.ansible/test/cache"
 cp "$repo/tools/ansible-test-get-pip.py" "$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
 
-tree="$cache_dir/sanity/ansible_collections/tradingbot/ops"
-rm -rf "$tree" && mkdir -p "$tree"
+# A private copy per run, so that runs from several checkouts never share a tree.
+tree_root=$(mktemp -d "$cache_dir/sanity.XXXXXX")
+trap 'rm -rf "$tree_root"' EXIT
+tree="$tree_root/ansible_collections/tradingbot/ops"
+mkdir -p "$tree"
 (cd "$repo" && git ls-files -co --exclude-standard -z) | rsync -a --from0 --files-from=- "$repo/" "$tree/"
 cd "$tree"
+# Not exec: the trap must remove the copy afterwards.
 PATH="$venv/bin:$PATH" ansible-test sanity --python "$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" --color no "$@"
