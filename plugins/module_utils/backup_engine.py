@@ -31,7 +31,6 @@ import hashlib
 import os
 import platform
 import pwd
-import queue
 import re
 import sqlite3
 import subprocess
@@ -42,6 +41,7 @@ import zlib
 
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitBreakerError
 from .db_common import (
+    CHUNK_SIZE,
     COMMON_OPTIONS,
     COMPRESSIONS,
     CREATED_BY,
@@ -49,9 +49,12 @@ from .db_common import (
     LEVEL_RANGES,
     MANIFEST_FORMAT_VERSION,
     MANIFEST_SUFFIX,
+    PG_DUMP_COMPLETE,
     PG_FORMATS,
+    SQLITE_HEADER,
     BackupError,
     backup_name,
+    decode_file,
     dir_lock,
     fsync_dir,
     isoformat,
@@ -71,6 +74,7 @@ from .db_common import (
     validate_options,
     write_json_atomic,
     zstd_binary,
+    zstd_compressor,
 )
 
 # The db_backup module's argument_spec and the CLI's config schema: one definition.
@@ -96,11 +100,9 @@ BACKUP_OPTIONS = dict(
     pg_retry_delay={"type": "float", "default": 2.0},
 )
 
-CHUNK = 1024 * 1024
+CHUNK = CHUNK_SIZE  # the chunk size of every stream, under the name tests and callers use
 # Compressed gzip members in flight per worker: bounds memory whatever the database size.
 _INFLIGHT_PER_WORKER = 2
-_PG_DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
-_SQLITE_HEADER = b"SQLite format 3\x00"
 # Hidden leftovers of a killed run: backup temp files, SQLite snapshots (and their journals),
 # manifest temp files from write_json_atomic.
 _LEFTOVER_RE = re.compile(
@@ -205,20 +207,24 @@ def compress_stream(source, handle, compression, level, workers=None):
     sink = _Sink(handle)
     raw_sha = hashlib.sha256()
     raw_size = 0
-    if compression == "none":
+
+    def raw_chunks():
+        nonlocal raw_size
         for chunk in iter(lambda: source.read(CHUNK), b""):
             raw_sha.update(chunk)
             raw_size += len(chunk)
+            yield chunk
+
+    if compression == "none":
+        for chunk in raw_chunks():
             sink.write(chunk)
     elif compression == "gzip":
         workers = workers or compression_workers()
         pending = collections.deque()
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             try:
-                for chunk in iter(lambda: source.read(CHUNK), b""):
+                for chunk in raw_chunks():
                     pending.append(pool.submit(_gzip_member, chunk, level))
-                    raw_sha.update(chunk)
-                    raw_size += len(chunk)
                     while len(pending) > workers * _INFLIGHT_PER_WORKER:
                         sink.write(pending.popleft().result())
                 while pending:
@@ -229,198 +235,13 @@ def compress_stream(source, handle, compression, level, workers=None):
         if raw_size == 0:
             sink.write(_gzip_member(b"", level))
     elif compression == "zstd":
-        raw_sha, raw_size = _zstd_compress(source, sink, level)
+        # The feeder thread reads and hashes the source while this one writes zstd's output.
+        with zstd_compressor(raw_chunks(), level) as compressed:
+            for data in compressed:
+                sink.write(data)
     else:
         raise BackupError(f"unknown compression {compression!r}")
     return {"raw_sha256": raw_sha.hexdigest(), "raw_size": raw_size, "sha256": sink.sha.hexdigest(), "size": sink.size}
-
-
-def _feed(source, dest, sha, errors, counter):
-    """Thread body: copy ``source`` into a child's stdin, hashing; record any error."""
-    try:
-        for chunk in iter(lambda: source.read(CHUNK), b""):
-            if sha is not None:
-                sha.update(chunk)
-            counter[0] += len(chunk)
-            dest.write(chunk)
-    except BrokenPipeError:
-        errors.append(BackupError("the compressor exited early"))
-    except Exception as exc:
-        errors.append(exc)
-    finally:
-        with contextlib.suppress(OSError):
-            dest.close()
-
-
-def _zstd_compress(source, sink, level):
-    # One thread: zstd -3 outruns pg_dump and the SQLite integrity check that run beside it,
-    # and multi-threaded zstd needs ~40-60 MiB of buffers against 7 MiB single-threaded.
-    argv = [zstd_binary(), f"-{level}", "--single-thread", "-q", "-c", "--no-progress"]
-    raw_sha = hashlib.sha256()
-    counter = [0]
-    errors = []
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
-        feeder = threading.Thread(target=_feed, args=(source, proc.stdin, raw_sha, errors, counter), daemon=True)
-        feeder.start()
-        try:
-            for data in iter(lambda: proc.stdout.read(CHUNK), b""):
-                sink.write(data)
-        except BaseException:
-            proc.kill()  # unblocks the feeder too
-            raise
-        finally:
-            proc.stdout.close()
-            feeder.join()
-            code = proc.wait()
-        if code != 0:
-            err.seek(0)
-            raise BackupError(f"zstd failed (exit {code}): {err.read().decode('utf-8', 'replace').strip()}")
-        if errors:
-            raise errors[0]
-    return raw_sha, counter[0]
-
-
-# --- full-decode verification ------------------------------------------------------------------
-
-
-def _gunzip_into(read_file, put):
-    """Decompress a (multi-member) gzip stream chunk by chunk with bounded output."""
-    decomp = zlib.decompressobj(31)
-    started = False
-    for raw in iter(read_file, b""):
-        buf = raw
-        while True:
-            started = started or bool(buf)
-            out = decomp.decompress(buf, CHUNK)
-            if out:
-                put(out)
-            if decomp.eof:
-                buf = decomp.unused_data
-                decomp = zlib.decompressobj(31)
-                started = False
-                if not buf:
-                    break
-                continue
-            buf = decomp.unconsumed_tail
-            if not buf and len(out) < CHUNK:
-                break
-    if started:
-        raise BackupError("the gzip stream is truncated")
-
-
-class _HashingReader:
-    """Reads a file in chunks, hashing the bytes as they pass."""
-
-    def __init__(self, path):
-        self.path = path
-        self.sha = hashlib.sha256()
-        self.size = 0
-        self.handle = None
-
-    def __enter__(self):
-        self.handle = open(self.path, "rb")
-        return self
-
-    def __exit__(self, *exc_info):
-        self.handle.close()
-
-    def read_chunk(self):
-        chunk = self.handle.read(CHUNK)
-        self.sha.update(chunk)
-        self.size += len(chunk)
-        return chunk
-
-
-def decode_file(path, compression, consumer=None):
-    """Read a backup file completely and decode it; return its digests.
-
-    Returns ``{sha256, size, decoded_sha256, decoded_size, tail}`` where ``sha256``/``size``
-    are of the file's bytes and ``tail`` is the last 4 KiB of decoded data. ``consumer``, when
-    given, also receives every decoded chunk (e.g. pg_restore's stdin). Decoding and hashing
-    overlap on two threads. Raises BackupError when the file does not decode.
-    """
-    reader = _HashingReader(path)
-    decoded = queue.Queue(maxsize=8)
-    errors = []
-    done = object()
-
-    def producer():
-        try:
-            with reader:
-                if compression == "gzip":
-                    _gunzip_into(reader.read_chunk, decoded.put)
-                elif compression == "none":
-                    for chunk in iter(reader.read_chunk, b""):
-                        decoded.put(chunk)
-                else:
-                    _unzstd_into(reader.read_chunk, decoded.put)
-        except zlib.error as exc:
-            errors.append(BackupError(f"{os.path.basename(path)} does not decode: {exc}"))
-        except Exception as exc:
-            errors.append(exc)
-        finally:
-            decoded.put(done)
-
-    decoded_sha = hashlib.sha256()
-    decoded_size = 0
-    tail = b""
-    thread = threading.Thread(target=producer, daemon=True)
-    thread.start()
-    consumer_error = None
-    while True:
-        item = decoded.get()
-        if item is done:
-            break
-        if consumer_error is not None:
-            continue  # drain so the producer finishes
-        decoded_sha.update(item)
-        decoded_size += len(item)
-        tail = (tail + item)[-4096:]
-        if consumer is not None:
-            try:
-                consumer(item)
-            except Exception as exc:
-                consumer_error = exc
-    thread.join()
-    if errors:
-        raise errors[0]
-    if consumer_error is not None:
-        raise consumer_error
-    return {
-        "sha256": reader.sha.hexdigest(),
-        "size": reader.size,
-        "decoded_sha256": decoded_sha.hexdigest(),
-        "decoded_size": decoded_size,
-        "tail": tail,
-    }
-
-
-def _unzstd_into(read_file, put):
-    errors = []
-    counter = [0]
-
-    class _Reader:
-        read = staticmethod(lambda _size: read_file())
-
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            [zstd_binary(), "-d", "-c", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
-        )
-        feeder = threading.Thread(target=_feed, args=(_Reader(), proc.stdin, None, errors, counter), daemon=True)
-        feeder.start()
-        try:
-            for data in iter(lambda: proc.stdout.read(CHUNK), b""):
-                put(data)
-        finally:
-            proc.stdout.close()
-            feeder.join()
-            code = proc.wait()
-        if code != 0:
-            err.seek(0)
-            raise BackupError(f"the zstd stream does not decode: {err.read().decode('utf-8', 'replace').strip()}")
-        if errors and not isinstance(errors[0], BackupError):
-            raise errors[0]
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -610,10 +431,10 @@ def _check_sqlite_source(path):
         raise BackupError(f"SQLite database {path} is not a regular file")
     try:
         with open(path, "rb") as handle:
-            header = handle.read(len(_SQLITE_HEADER))
+            header = handle.read(len(SQLITE_HEADER))
     except OSError as exc:
         raise BackupError(f"cannot read SQLite database {path}: {exc.strerror}") from exc
-    if header != _SQLITE_HEADER:
+    if header != SQLITE_HEADER:
         raise BackupError(f"{path} is not a SQLite database (no SQLite header)")
 
 
@@ -934,7 +755,7 @@ def verify_backup(path, plan_format, file_compression, expected, params=None):
     if plan_format == "custom":
         method += "; pg_restore -f /dev/null"
     elif params is not None:
-        if _PG_DUMP_COMPLETE not in decoded["tail"]:
+        if PG_DUMP_COMPLETE not in decoded["tail"]:
             raise BackupError(f"{name} lacks pg_dump's completion comment: the dump is incomplete")
         method += "; pg_dump completion comment present"
     return {"ok": True, "method": method, "detail": f"{decoded['decoded_size']} bytes decoded"}

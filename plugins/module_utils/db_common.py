@@ -34,12 +34,16 @@ import gzip
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
+import zlib
 
 CREATED_BY = "tradingbot.ops"
 MANIFEST_FORMAT_VERSION = 1
@@ -83,6 +87,8 @@ BACKUP_NAME_RE = re.compile(
     r"\.(?P<ext>db|sql|dump)(?P<csuffix>\.gz|\.zst)?$"
 )
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
+SQLITE_HEADER = b"SQLite format 3\x00"
+PG_DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
 
 
 class BackupError(Exception):
@@ -345,13 +351,50 @@ def zstd_binary():
     return found
 
 
-class _ProcessReader:
-    """Binary reader over a child's stdout; close() reaps it and raises on a non-zero exit."""
+class ChildPipe:
+    """A child process used as a streaming filter, e.g. zstd compressing or decompressing.
 
-    def __init__(self, argv, what):
-        self._what = what
-        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ``feed`` (an iterable of bytes; None gives the child no stdin) is written to the child's
+    stdin by a thread of its own while the caller reads stdout, by iterating (chunks of up to
+    CHUNK_SIZE) or through read()/readinto(). close() reaps the child and raises
+    ``BackupError("<failure> (exit N): <its last stderr line>")`` when it failed; leaving a
+    ``with`` block by an exception kills the child instead.
+    """
+
+    def __init__(self, argv, failure, feed=None):
+        self._failure = failure
+        self._feed_error = None
+        self._cut_short = False
         self._closed = False
+        # A file, so a chatty child never blocks on stderr; close() closes it.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
+        try:
+            stdin = subprocess.DEVNULL if feed is None else subprocess.PIPE
+            self._proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=self._stderr)
+        except BaseException:
+            self._stderr.close()
+            raise
+        self._feeder = None
+        if feed is not None:
+            self._feeder = threading.Thread(target=self._feed, args=(feed,), daemon=True)
+            self._feeder.start()
+
+    def _feed(self, chunks):
+        try:
+            for chunk in chunks:
+                self._proc.stdin.write(chunk)
+        except BrokenPipeError:
+            self._cut_short = True  # the child stopped reading; close() says why
+        except BaseException as exc:  # raised by close(), in the caller's thread
+            self._feed_error = exc
+        finally:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+            with contextlib.suppress(Exception):
+                getattr(chunks, "close", lambda: None)()
+
+    def __iter__(self):
+        return iter(lambda: self._proc.stdout.read(CHUNK_SIZE), b"")
 
     def read(self, size=-1):
         return self._proc.stdout.read(size)
@@ -359,29 +402,116 @@ class _ProcessReader:
     def readinto(self, buffer):
         return self._proc.stdout.readinto(buffer)
 
-    def close(self):
+    def close(self, kill=False):
         if self._closed:
             return
         self._closed = True
-        # Drain so that a reader stopping early does not leave the child blocked on a full pipe.
+        if kill:
+            self._proc.kill()  # unblocks the feeder too
+        # A child still writing gets SIGPIPE, so a reader may stop early without a deadlock.
         self._proc.stdout.close()
-        err = self._proc.stderr.read()
-        self._proc.stderr.close()
+        if self._feeder is not None:
+            self._feeder.join()
         code = self._proc.wait()
-        if code not in (0, -13):  # -13: SIGPIPE after the reader stopped early
-            detail = err.decode("utf-8", "replace").strip().splitlines()
-            raise BackupError(f"{self._what} failed (exit {code}): {detail[-1] if detail else 'no message'}")
+        self._stderr.seek(0)
+        lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
+        self._stderr.close()
+        if kill:
+            return
+        if self._feed_error is not None:
+            raise self._feed_error
+        if code not in (0, -signal.SIGPIPE):  # SIGPIPE: the reader stopped early, as it may
+            raise BackupError(f"{self._failure} (exit {code}): {lines[-1] if lines else 'no message'}")
+        if code == 0 and self._cut_short:
+            raise BackupError(f"{self._failure}: it exited before reading all of its input")
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            with contextlib.suppress(BackupError):
-                self.close()
+        self.close(kill=exc_type is not None)
         return False
+
+
+def threaded(iterable, depth=4):
+    """Iterate ``iterable`` on a thread of its own (so its work overlaps the consumer's); yield
+    its items in order. Close the generator to stop the thread early."""
+    items = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in iterable:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def gunzip(chunks):
+    """Inflate a (possibly multi-member) gzip stream given as chunks; yield decoded pieces of at
+    most CHUNK_SIZE bytes, so memory stays bounded whatever the compression ratio."""
+    decoder = zlib.decompressobj(wbits=31)
+    in_member = False
+    try:
+        for piece in chunks:
+            data = piece
+            while True:
+                in_member = in_member or bool(data)
+                out = decoder.decompress(data, CHUNK_SIZE)
+                if out:
+                    yield out
+                if decoder.eof:
+                    data = decoder.unused_data  # a further member may follow
+                    decoder = zlib.decompressobj(wbits=31)
+                    in_member = False
+                    if not data:
+                        break
+                    continue
+                data = decoder.unconsumed_tail
+                if not data and len(out) < CHUNK_SIZE:
+                    break
+    except zlib.error as exc:
+        raise BackupError(f"the gzip stream does not decode: {exc}") from exc
+    if in_member:
+        raise BackupError("the gzip stream is truncated (it ends inside a member)")
+
+
+def zstd_decompressor(feed):
+    """A ``ChildPipe`` decoding the zstd stream ``feed`` (zstd checks its frame checksums)."""
+    return ChildPipe([zstd_binary(), "-d", "-c", "-q"], "the zstd stream does not decode", feed)
+
+
+def zstd_compressor(feed, level):
+    """A ``ChildPipe`` compressing ``feed`` with zstd at ``level``."""
+    # One thread: zstd -3 outruns pg_dump and the SQLite integrity check that run beside it,
+    # and multi-threaded zstd needs ~40-60 MiB of buffers against 7 MiB single-threaded.
+    return ChildPipe([zstd_binary(), f"-{level}", "--single-thread", "-q", "-c", "--no-progress"], "zstd failed", feed)
 
 
 def open_decompressed(path, compression=None):
@@ -396,10 +526,66 @@ def open_decompressed(path, compression=None):
     if compression == "gzip":
         return gzip.open(path, "rb")
     if compression == "zstd":
-        return _ProcessReader([zstd_binary(), "-d", "-c", "-q", "--", str(path)], f"zstd -d {path}")
+        return ChildPipe([zstd_binary(), "-d", "-c", "-q", "--", str(path)], f"zstd -d {path} failed")
     if compression == "none":
         return open(path, "rb")
     raise BackupError(f"unknown compression {compression!r}")
+
+
+def decode_file(path, compression, sink=None, hash_decoded=True):
+    """Read a backup file once and decode it completely, in constant memory; return digests.
+
+    Returns ``{sha256, size}`` of the file's bytes and ``{decoded_sha256, decoded_size, head,
+    tail}`` of the decoded stream (``decoded_sha256`` is None unless ``hash_decoded``;
+    ``head``/``tail`` are its first 16 and last 4096 bytes). ``sink``, when given, receives
+    every decoded chunk (a temp file, pg_restore's stdin); what it raises propagates. Reading
+    and hashing the file, decoding, and hashing the decoded stream overlap on separate threads
+    (zstd: a child process). Raises BackupError when the file does not decode.
+    """
+    file_sha = hashlib.sha256()
+    size = 0
+
+    def read_hashed():
+        nonlocal size
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(CHUNK_SIZE), b""):
+                file_sha.update(chunk)
+                size += len(chunk)
+                yield chunk
+
+    decoded_sha = hashlib.sha256() if hash_decoded else None
+    decoded_size = 0
+    head = tail = b""
+    with contextlib.ExitStack() as stack:
+        # Closed in reverse order: each consumer thread is joined before what it reads is closed.
+        if compression == "gzip":
+            decoded = gunzip(stack.enter_context(contextlib.closing(threaded(read_hashed()))))
+            stack.enter_context(contextlib.closing(decoded))
+        elif compression == "zstd":
+            decoded = stack.enter_context(zstd_decompressor(read_hashed()))
+        elif compression == "none":
+            decoded = stack.enter_context(contextlib.closing(read_hashed()))
+        else:
+            raise BackupError(f"unknown compression {compression!r}")
+        if hash_decoded:
+            decoded = stack.enter_context(contextlib.closing(threaded(decoded)))
+        for chunk in decoded:
+            if len(head) < 16:
+                head += chunk[: 16 - len(head)]
+            tail = (tail + chunk[-4096:])[-4096:]
+            decoded_size += len(chunk)
+            if decoded_sha is not None:
+                decoded_sha.update(chunk)
+            if sink is not None:
+                sink(chunk)
+    return {
+        "sha256": file_sha.hexdigest(),
+        "size": size,
+        "decoded_sha256": decoded_sha.hexdigest() if decoded_sha is not None else None,
+        "decoded_size": decoded_size,
+        "head": head,
+        "tail": tail,
+    }
 
 
 def list_backups(backup_dir, engine=None):
@@ -456,7 +642,8 @@ def _sqlite_user_tables(conn):
     return [row[0] for row in rows]
 
 
-def _quote_ident(name):
+def quote_ident(name):
+    """Quote an SQL identifier (SQLite and PostgreSQL rules agree)."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -465,7 +652,7 @@ def sqlite_table_counts(path):
     conn = _sqlite_connect_ro(path)
     try:
         return {
-            table: conn.execute(f"SELECT count(*) FROM {_quote_ident(table)}").fetchone()[0]  # noqa: S608
+            table: conn.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()[0]  # noqa: S608
             for table in _sqlite_user_tables(conn)
         }
     except sqlite3.Error as exc:
@@ -484,10 +671,10 @@ def sqlite_content_digest(path):
     conn = _sqlite_connect_ro(path)
     try:
         for table in _sqlite_user_tables(conn):
-            columns = [row[1] for row in conn.execute(f"PRAGMA table_info({_quote_ident(table)})")]
+            columns = [row[1] for row in conn.execute(f"PRAGMA table_info({quote_ident(table)})")]
             digest.update(repr(("table", table, columns)).encode())
             order = ", ".join(str(i + 1) for i in range(len(columns)))
-            cursor = conn.execute(f"SELECT * FROM {_quote_ident(table)} ORDER BY {order}")  # noqa: S608
+            cursor = conn.execute(f"SELECT * FROM {quote_ident(table)} ORDER BY {order}")  # noqa: S608
             for row in cursor:
                 digest.update(repr(row).encode())
                 digest.update(b"\n")

@@ -21,19 +21,19 @@ package.
 
 import concurrent.futures
 import contextlib
-import hashlib
 import os
-import queue
 import sqlite3
 import subprocess
 import tempfile
-import threading
 import time
-import zlib
 
 from .db_common import (
-    CHUNK_SIZE,
+    CREATED_BY,
+    PG_DUMP_COMPLETE,
+    SQLITE_HEADER,
+    STAMP_FORMAT,
     BackupError,
+    decode_file,
     dir_lock,
     fsync_dir,
     isoformat,
@@ -45,12 +45,12 @@ from .db_common import (
     pg_content_digest,
     pg_redact,
     pg_table_counts,
+    quote_ident,
     read_manifest,
     sha256_file,
     sqlite_content_digest,
     sqlite_table_counts,
     utcnow,
-    zstd_binary,
 )
 
 SQLITE_SAFETY_INFIX = ".pre-restore-"
@@ -58,15 +58,9 @@ PG_SAFETY_INFIX = "_pre_restore_"
 PG_CANDIDATE_INFIX = "_restore_"
 PG_FAILED_INFIX = "_failed_restore_"
 PG_MAX_NAME = 63  # NAMEDATALEN - 1
-STAMP_FORMAT = "%Y%m%d_%H%M%S"
 # Files SQLite keeps beside a database; a stale -wal applied to another database corrupts it.
 SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
-SQLITE_HEADER = b"SQLite format 3\x00"
-PG_DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
 CUSTOM_HEADER = b"PGDMP"
-# Compressed input is fed to zlib in pieces this big, so one call's output stays bounded.
-_INFLATE_PIECE = 64 * 1024
-_TAIL_BYTES = 4096
 
 
 class RestoreError(BackupError):
@@ -75,10 +69,6 @@ class RestoreError(BackupError):
     def __init__(self, message, result=None):
         super().__init__(message)
         self.result = result if result is not None else {}
-
-
-def _quote_ident(name):
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _quote_literal(value):
@@ -139,7 +129,7 @@ def resolve_named_backup(backup_dir, name, engine):
     if not os.path.isfile(path):
         raise BackupError(f"backup {path} does not exist")
     manifest = read_manifest(manifest_path(path))
-    if manifest.get("created_by") != "tradingbot.ops" or manifest.get("file") != base:
+    if manifest.get("created_by") != CREATED_BY or manifest.get("file") != base:
         raise BackupError(f"refusing {path}: its manifest was not written by tradingbot.ops for this file")
     if manifest.get("engine") != engine:
         raise BackupError(f"refusing {path}: its manifest says engine {manifest.get('engine')!r}, not {engine!r}")
@@ -160,168 +150,7 @@ def choose_backup(backup_dir, engine, name=None):
     raise BackupError(f"no verified {engine} backup in {backup_dir}")
 
 
-# --- reading a backup once: hash, decode, hand over --------------------------------------------
-
-
-class _Tail:
-    """Keeps the last bytes written, to check a dump's completion trailer."""
-
-    def __init__(self):
-        self.data = b""
-        self.head = b""
-        self.count = 0
-
-    def add(self, chunk):
-        if len(self.head) < 16:
-            self.head += bytes(chunk[: 16 - len(self.head)])
-        self.count += len(chunk)
-        self.data = (self.data + bytes(chunk[-_TAIL_BYTES:]))[-_TAIL_BYTES:]
-
-
-def _read_hashed(path, digest, chunk_size=CHUNK_SIZE):
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-            yield chunk
-
-
-def _threaded(iterable, depth=4):
-    """Run an iterator in a thread (hashing overlaps decoding); yields its items in order."""
-    items = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(item):
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce():
-        try:
-            for item in iterable:
-                if not put(item):
-                    return
-            put(done)
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(exc)
-
-    worker = threading.Thread(target=produce, daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = items.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
-
-
-def _inflate(chunks, emit):
-    decoder = None
-    for chunk in chunks:
-        view = memoryview(chunk)
-        for start in range(0, len(view), _INFLATE_PIECE):
-            data = view[start : start + _INFLATE_PIECE]
-            while data:
-                if decoder is None:
-                    decoder = zlib.decompressobj(wbits=31)
-                out = decoder.decompress(data)
-                if out:
-                    emit(out)
-                if decoder.eof:
-                    data = decoder.unused_data  # a further gzip member may follow
-                    decoder = None
-                else:
-                    data = b""
-    if decoder is not None:
-        out = decoder.flush()
-        if out:
-            emit(out)
-        if not decoder.eof:
-            raise BackupError("the gzip stream ends early (truncated file)")
-
-
-def _unzstd(chunks, emit):
-    with tempfile.TemporaryFile() as errors:
-        # pylint: disable-next=ansible-bad-function  # runs on hosts too, where run_command does not exist
-        proc = subprocess.Popen(
-            [zstd_binary(), "-d", "-c", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors
-        )
-        failure = []
-
-        def feed():
-            try:
-                for chunk in chunks:
-                    proc.stdin.write(chunk)
-            except BrokenPipeError:
-                pass  # zstd stopped on bad input; its exit code says why
-            except BaseException as exc:
-                failure.append(exc)
-            finally:
-                with contextlib.suppress(BrokenPipeError):
-                    proc.stdin.close()
-
-        feeder = threading.Thread(target=feed, daemon=True)
-        feeder.start()
-        try:
-            for out in iter(lambda: proc.stdout.read(CHUNK_SIZE), b""):
-                emit(out)
-        finally:
-            if failure or feeder.is_alive():
-                proc.stdout.close()
-            feeder.join()
-            code = proc.wait()
-        if failure:
-            raise failure[0]
-        if code != 0:
-            errors.seek(0)
-            lines = errors.read().decode("utf-8", "replace").strip().splitlines()
-            raise BackupError(f"zstd cannot decode it: {lines[-1] if lines else 'exit ' + str(code)}")
-
-
-def stream_backup(path, compression, sink=None):
-    """Read a backup file once: hash it, decode it fully, and pass decoded chunks to ``sink``.
-
-    Returns ``{"sha256", "size", "uncompressed_size", "head", "tail"}``; ``head``/``tail`` are
-    the first 16 and last 4096 decoded bytes. Raises BackupError when it does not decode;
-    whatever ``sink`` raises propagates.
-    """
-    digest = hashlib.sha256()
-    tail = _Tail()
-
-    def emit(chunk):
-        tail.add(chunk)
-        if sink is not None:
-            sink(chunk)
-
-    chunks = _read_hashed(path, digest)
-    try:
-        if compression == "gzip":
-            _inflate(_threaded(chunks), emit)
-        elif compression == "zstd":
-            _unzstd(chunks, emit)
-        elif compression == "none":
-            for chunk in chunks:
-                emit(chunk)
-        else:
-            raise BackupError(f"unknown compression {compression!r}")
-    except (zlib.error, EOFError) as exc:
-        raise BackupError(f"the gzip stream does not decode: {exc}") from exc
-    return {
-        "sha256": digest.hexdigest(),
-        "size": os.path.getsize(path),
-        "uncompressed_size": tail.count,
-        "head": tail.head,
-        "tail": tail.data,
-    }
+# --- checking a backup against its manifest -----------------------------------------------------
 
 
 def _checksum_problems(sha256, size, manifest):
@@ -334,11 +163,11 @@ def _checksum_problems(sha256, size, manifest):
 
 
 def check_stream(stats, manifest):
-    """Compare what ``stream_backup`` saw with the manifest; return the list of problems."""
+    """Compare what ``decode_file`` saw with the manifest; return the list of problems."""
     problems = _checksum_problems(stats["sha256"], stats["size"], manifest)
     expected = manifest.get("uncompressed_size")
-    if expected is not None and stats["uncompressed_size"] != expected:
-        problems.append(f"decoded size {stats['uncompressed_size']} differs from the manifest's {expected}")
+    if expected is not None and stats["decoded_size"] != expected:
+        problems.append(f"decoded size {stats['decoded_size']} differs from the manifest's {expected}")
     fmt = "sqlite" if manifest.get("engine") == "sqlite" else manifest.get("format")
     if fmt == "sqlite" and not stats["head"].startswith(SQLITE_HEADER):
         problems.append("decoded data is not an SQLite database")
@@ -354,16 +183,22 @@ def _file_compression(path, manifest):
     return parsed.get("file_compression") or manifest.get("compression") or "none"
 
 
+def _decode(path, manifest, sink):
+    # No hash of the decoded stream: the file's SHA-256 is checked against the manifest and
+    # gzip/zstd check their own checksums, so it would cost a core and add no safety.
+    return decode_file(path, _file_compression(path, manifest), sink, hash_decoded=False)
+
+
 def preflight(path, manifest, sink=None):
     """Hash and decode a backup, checking it against its manifest; raise BackupError on any problem."""
     try:
-        stats = stream_backup(path, _file_compression(path, manifest), sink)
+        stats = _decode(path, manifest, sink)
     except BackupError as exc:
         raise BackupError(f"backup {os.path.basename(path)} is unreadable: {exc}") from exc
     problems = check_stream(stats, manifest)
     if problems:
         raise BackupError(f"backup {os.path.basename(path)} fails pre-flight: {'; '.join(problems)}")
-    return {"sha256": stats["sha256"], "size": stats["size"], "uncompressed_size": stats["uncompressed_size"]}
+    return {"sha256": stats["sha256"], "size": stats["size"], "uncompressed_size": stats["decoded_size"]}
 
 
 def verify_checksum(path, manifest):
@@ -911,7 +746,7 @@ def _pg_load(params, path, manifest, database):
         stats = None
         feed_error = None
         try:
-            stats = stream_backup(path, _file_compression(path, manifest), proc.stdin.write)
+            stats = _decode(path, manifest, proc.stdin.write)
         except BrokenPipeError:
             pass  # the loader stopped on an error: its exit code and stderr say which
         except BackupError as exc:
@@ -1003,10 +838,10 @@ def _pg_candidate(run, params, path, manifest, *, candidate, live, maintenance_d
     """Create the candidate database, load the backup into it and validate it there."""
     database = params["database"]
     checks = run.result["validation"]["checks"]
-    create = f"CREATE DATABASE {_quote_ident(candidate)} TEMPLATE template0"
+    create = f"CREATE DATABASE {quote_ident(candidate)} TEMPLATE template0"
     if live:
         create += (
-            f" OWNER {_quote_ident(live['owner'])} ENCODING {_quote_literal(live['encoding'])}"
+            f" OWNER {quote_ident(live['owner'])} ENCODING {_quote_literal(live['encoding'])}"
             f" LC_COLLATE {_quote_literal(live['collate'])} LC_CTYPE {_quote_literal(live['ctype'])}"
         )
     try:
@@ -1016,7 +851,7 @@ def _pg_candidate(run, params, path, manifest, *, candidate, live, maintenance_d
     run.step(f"created candidate database {candidate}")
     try:
         stats = _pg_load(params, path, manifest, candidate)
-        checks["preflight"].update(uncompressed_size=stats["uncompressed_size"], decoded=True)
+        checks["preflight"].update(uncompressed_size=stats["decoded_size"], decoded=True)
         run.step(f"loaded {os.path.basename(path)} into {candidate} (ON_ERROR_STOP, one transaction)")
         if live:
             psql_script(params, _PG_COPY_DB_PROPERTIES, maintenance_db, {"src": database, "dst": candidate})
