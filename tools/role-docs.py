@@ -64,7 +64,8 @@ def render(repo=REPO):
             lines.append("| option | type | default | description |")
             lines.append("|---|---|---|---|")
             for name, option in sorted(options.items()):
-                lines.append(f"| `{name}` | {cell(option.get('type', 'str'))} | {default_of(option)} | {describe(option)} |")
+                kind = cell(option.get("type", "str"))
+                lines.append(f"| `{name}` | {kind} | {default_of(option)} | {describe(option)} |")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

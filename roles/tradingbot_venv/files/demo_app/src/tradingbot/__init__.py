@@ -1,0 +1,1 @@
+"""Demo stand-in for the tradingbot service (see README.md)."""

@@ -1,0 +1,300 @@
+"""The roles' systemd units and logrotate file, rendered by ansible-playbook from the roles'
+own templates and variables, scored and verified by this host's systemd and logrotate.
+
+Gates: `systemd-analyze security` exposure <= 1.5 for tradingbot.service and <= 1.0 for the
+SQLite backup unit, with the defaults. The validate commands the roles pass to the template
+module are run here too, on good and on broken input, so a validator that accepts anything fails.
+"""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ansible_collections.tradingbot.ops.plugins.module_utils.backup_engine import BACKUP_OPTIONS
+
+REPO = Path(__file__).resolve().parents[2]
+ROLES = REPO / "roles"
+ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+# The roles' variables, as each role sees them (its own plus the shared role's).
+VAR_FILES = [
+    str(ROLES / role / kind / "main.yml")
+    for role in ("tradingbot", "tradingbot_service", "tradingbot_backup_timer", "tradingbot_logrotate")
+    for kind in ("defaults", "vars")
+]
+TEMPLATES = {
+    "tradingbot.service": "tradingbot_service/templates/tradingbot.service.j2",
+    "tradingbot-backup.service": "tradingbot_backup_timer/templates/tradingbot-backup.service.j2",
+    "tradingbot-backup.timer": "tradingbot_backup_timer/templates/tradingbot-backup.timer.j2",
+    "backup.json": "tradingbot_backup_timer/templates/backup.json.j2",
+    "logrotate": "tradingbot_logrotate/templates/logrotate.j2",
+    "override.conf": "tradingbot_service/templates/override.conf.j2",
+}
+COMMANDS = {
+    "verify_unit.cmd": "__tradingbot_verify_unit",
+    "verify_dropin.cmd": "__tradingbot_verify_dropin",
+    "logrotate_validate.cmd": "__tradingbot_logrotate_validate",
+}
+# systemd-analyze --threshold takes tenths: 15 is an exposure of 1.5.
+SERVICE_THRESHOLD = 15
+SQLITE_BACKUP_THRESHOLD = 10
+
+pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+
+
+def render(out, extra_vars):
+    """Render every template and validate command into `out` with ansible-playbook."""
+    out.mkdir(parents=True, exist_ok=True)
+    items = [{"src": str(ROLES / src), "dest": str(out / name)} for name, src in TEMPLATES.items()]
+    items += [{"content": f"{{{{ {var} }}}}", "dest": str(out / name)} for name, var in COMMANDS.items()]
+    play = [
+        {
+            "name": "Render the roles' files",
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars_files": VAR_FILES,
+            "tasks": [
+                {
+                    "name": "Render the templates",
+                    "ansible.builtin.template": {"src": "{{ item.src }}", "dest": "{{ item.dest }}", "mode": "0600"},
+                    "loop": [i for i in items if "src" in i],
+                },
+                {
+                    "name": "Write the validate commands",
+                    "ansible.builtin.copy": {
+                        "content": "{{ item.content }}",
+                        "dest": "{{ item.dest }}",
+                        "mode": "0600",
+                    },
+                    "loop": [i for i in items if "content" in i],
+                },
+            ],
+        }
+    ]
+    (out / "play.yml").write_text(json.dumps(play))
+    (out / "vars.json").write_text(json.dumps({"ansible_python_interpreter": sys.executable, **extra_vars}))
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
+    result = subprocess.run(
+        [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-e", f"@{out / 'vars.json'}", str(out / "play.yml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def exposure(unit, threshold):
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", f"--threshold={threshold}", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def run_validate(command_file, *args):
+    """Run a role's validate command as the template module does (split, no shell)."""
+    argv = shlex.split(command_file.read_text()) + [str(a) for a in args]
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+def directives(unit):
+    return [line.strip() for line in unit.read_text().splitlines() if "=" in line and not line.startswith("#")]
+
+
+@pytest.fixture(scope="module")
+def defaults(tmp_path_factory):
+    return render(tmp_path_factory.mktemp("defaults"), {})
+
+
+@pytest.fixture(scope="module")
+def postgresql(tmp_path_factory):
+    return render(
+        tmp_path_factory.mktemp("postgresql"),
+        {"tradingbot_database_type": "postgresql", "tradingbot_postgresql_password": "not-in-any-unit"},
+    )
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    # The original installer's `--user myuser --dir /home/myuser/tradingbot`.
+    return render(
+        tmp_path_factory.mktemp("home"),
+        {"tradingbot_user": "myuser", "tradingbot_group": "myuser", "tradingbot_base_dir": "/home/myuser/tradingbot"},
+    )
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """Rendered for a base dir that exists here, with a venv python, so that verify can pass.
+
+    The output dir doubles as the unit dir, where the drop-in check finds the unit it extends.
+    """
+    base = tmp_path_factory.mktemp("base")
+    (base / "venv" / "bin").mkdir(parents=True)
+    (base / "venv" / "bin" / "python").symlink_to(sys.executable)
+    out = tmp_path_factory.mktemp("installed")
+    return render(
+        out,
+        {
+            "tradingbot_base_dir": str(base),
+            "tradingbot_user": "root",
+            "tradingbot_group": "root",
+            "__tradingbot_unit_dir": str(out),
+            "tradingbot_service_overrides": {
+                "Service": {"WatchdogSec": 5, "ExecStartPre": ["", "/usr/bin/true"], "PrivateNetwork": True}
+            },
+        },
+    )
+
+
+def test_service_exposure_with_defaults_is_at_most_1_5(defaults):
+    rc, report = exposure(defaults / "tradingbot.service", SERVICE_THRESHOLD)
+    assert rc == 0, report
+
+
+def test_sqlite_backup_exposure_with_defaults_is_at_most_1_0(defaults):
+    rc, report = exposure(defaults / "tradingbot-backup.service", SQLITE_BACKUP_THRESHOLD)
+    assert rc == 0, report
+
+
+def test_the_gate_fails_the_original_unit(tmp_path):
+    # The original's hardening (8.7 EXPOSED) must not pass the same gate.
+    unit = tmp_path / "original.service"
+    unit.write_text(
+        "[Service]\nUser=tradingbot\nExecStart=/usr/bin/python3 -m tradingbot\nNoNewPrivileges=true\n"
+        "PrivateTmp=true\nProtectSystem=strict\nReadWritePaths=/opt/tradingbot/data\n"
+    )
+    rc, report = exposure(unit, SERVICE_THRESHOLD)
+    assert rc != 0, report
+
+
+def test_sqlite_backup_has_no_network_and_postgresql_has_it(defaults, postgresql):
+    sqlite_unit = directives(defaults / "tradingbot-backup.service")
+    pg_unit = directives(postgresql / "tradingbot-backup.service")
+    assert "PrivateNetwork=yes" in sqlite_unit
+    assert "RestrictAddressFamilies=AF_UNIX" in sqlite_unit
+    assert "PrivateNetwork=yes" not in pg_unit
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in pg_unit
+
+
+def test_postgresql_backup_exposure_is_at_most_1_5(postgresql):
+    rc, report = exposure(postgresql / "tradingbot-backup.service", SERVICE_THRESHOLD)
+    assert rc == 0, report
+
+
+def test_the_password_stays_out_of_units_and_config(postgresql):
+    for name in ("tradingbot.service", "tradingbot-backup.service", "backup.json"):
+        assert "not-in-any-unit" not in (postgresql / name).read_text(), name
+    config = json.loads((postgresql / "backup.json").read_text())
+    assert config["pg_passfile"] == "/etc/tradingbot/pgpass"
+
+
+def test_backup_config_holds_the_module_options(defaults):
+    config = json.loads((defaults / "backup.json").read_text())
+    assert config == {
+        "backup_dir": "/opt/tradingbot/backups",
+        "compression": "gzip",
+        "database": "/opt/tradingbot/data/tradingbot.db",
+        "engine": "sqlite",
+        "log_file": "/opt/tradingbot/logs/backup.log",
+        "mode": "0640",
+        "retention_days": 7,
+    }
+
+
+def test_backup_config_keys_are_db_backup_options(defaults, postgresql):
+    for rendered in (defaults, postgresql):
+        assert set(json.loads((rendered / "backup.json").read_text())) <= set(BACKUP_OPTIONS)
+
+
+def test_read_write_paths_come_from_the_directories(defaults):
+    assert "ReadWritePaths=/opt/tradingbot/data /opt/tradingbot/logs /opt/tradingbot/backups" in directives(
+        defaults / "tradingbot.service"
+    )
+    assert "ProtectHome=yes" in directives(defaults / "tradingbot.service")
+
+
+def test_a_base_dir_under_home_is_reachable(home):
+    for name in ("tradingbot.service", "tradingbot-backup.service"):
+        unit = directives(home / name)
+        assert "ProtectHome=read-only" in unit, name
+        assert "ProtectSystem=strict" in unit, name
+        assert any(line.startswith("ReadWritePaths=/home/myuser/tradingbot/") for line in unit), name
+    rc, report = exposure(home / "tradingbot.service", SERVICE_THRESHOLD)
+    assert rc == 0, report
+
+
+def test_verify_passes_the_rendered_units(installed):
+    for name in ("tradingbot.service", "tradingbot-backup.service"):
+        result = run_validate(installed / "verify_unit.cmd", name, installed / name)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_verify_checks_the_timer_calendar(installed):
+    timer = installed / "tradingbot-backup.timer"
+    good = run_validate(installed / "verify_unit.cmd", timer.name, timer, "*-*-* 02:00:00")
+    bad = run_validate(installed / "verify_unit.cmd", timer.name, timer, "every day at two")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert bad.returncode != 0
+
+
+def test_verify_rejects_a_missing_binary(installed, tmp_path):
+    broken = tmp_path / "source"
+    broken.write_text((installed / "tradingbot.service").read_text().replace("/venv/bin/python", "/venv/bin/nothing"))
+    result = run_validate(installed / "verify_unit.cmd", "tradingbot.service", broken)
+    assert result.returncode != 0
+
+
+def test_verify_rejects_an_unknown_directive_value(installed, tmp_path):
+    broken = tmp_path / "source"
+    broken.write_text((installed / "tradingbot.service").read_text().replace("Type=notify", "Type=notifyy"))
+    result = run_validate(installed / "verify_unit.cmd", "tradingbot.service", broken)
+    assert result.returncode != 0
+
+
+def test_logrotate_validate_passes_the_config_and_rejects_a_broken_one(installed, tmp_path):
+    good = run_validate(installed / "logrotate_validate.cmd", installed / "logrotate")
+    broken = tmp_path / "source"
+    broken.write_text((installed / "logrotate").read_text().replace("daily", "dayly"))
+    bad = run_validate(installed / "logrotate_validate.cmd", broken)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert bad.returncode != 0
+
+
+def test_logrotate_settings(defaults):
+    text = (defaults / "logrotate").read_text()
+    main, backup = text.split("\n}\n")[:2]
+    for directive in ("daily", "rotate 30", "maxsize 100M", "minsize 10M", "compress", "postrotate"):
+        assert f"\n    {directive}" in main, directive
+    assert "systemctl reload tradingbot.service" in main
+    for directive in ("weekly", "rotate 12", "maxsize 50M"):
+        assert f"\n    {directive}" in backup, directive
+    assert "copytruncate" not in text
+
+
+def test_overrides_render_as_a_drop_in(installed):
+    assert directives(installed / "override.conf") == [
+        "WatchdogSec=5",
+        "ExecStartPre=",
+        "ExecStartPre=/usr/bin/true",
+        "PrivateNetwork=yes",
+    ]
+    assert "[Service]" in (installed / "override.conf").read_text()
+
+
+def test_dropin_check_passes_a_good_drop_in_and_rejects_a_bad_one(installed, tmp_path):
+    good = run_validate(installed / "verify_dropin.cmd", "tradingbot.service", installed / "override.conf")
+    broken = tmp_path / "source"
+    broken.write_text((installed / "override.conf").read_text().replace("WatchdogSec=5", "WatchdogSec=five"))
+    bad = run_validate(installed / "verify_dropin.cmd", "tradingbot.service", broken)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert bad.returncode != 0
