@@ -9,6 +9,9 @@ run it on the host as ``python3 -m tradingbot_ops.recovery_test``.
 Stdlib only, no Ansible imports: it runs on hosts as part of the ``tradingbot_ops`` package.
 """
 
+# Runs as a host-side program too, where AnsibleModule (run_command, exit_json) does not exist.
+# pylint: disable=ansible-bad-function
+
 import argparse
 import datetime
 import json
