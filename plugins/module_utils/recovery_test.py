@@ -102,7 +102,10 @@ class SelfTest:
     # --- the checks -------------------------------------------------------------------------
 
     def check_backup_engine(self):
-        plan = backup_engine.run_backup(_backup_options(self.config), check_mode=True)
+        # The live settings and source, aimed at scratch: the drill may not write to the live dir.
+        scratch = os.path.join(self.scratch, "plan")
+        os.mkdir(scratch)
+        plan = backup_engine.run_backup(_backup_options(self.config, backup_dir=scratch), check_mode=True)
         return f"the live configuration plans {os.path.basename(plan['path'])}"
 
     def check_restore_engine(self):

@@ -51,3 +51,36 @@ def test_the_damaged_database_is_kept_as_the_safety_copy(host):
     assert len(safety) == 1, copies
     assert int(sqlite(host, safety[0], "SELECT count(*) FROM ticks WHERE source = 'damaged'")) > 0
     assert host.file(safety[0]).user == "tradingbot"
+
+
+DRILL = "tradingbot-recovery-drill.service"
+DRILL_METRICS = "/var/lib/tradingbot-metrics/tradingbot_recovery_drill.prom"
+LOGROTATE = "/etc/logrotate.d/tradingbot"
+
+
+def run_drill(host):
+    started = host.run("systemctl start --wait %s", DRILL)
+    invocation = host.run("systemctl show -P InvocationID %s", DRILL).stdout.strip()
+    journal = host.run("journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID=%s", invocation).stdout
+    return started.rc, journal, host.file(DRILL_METRICS).content_string
+
+
+def test_the_recovery_drill_passes_on_the_restored_host(host):
+    assert host.run("systemctl is-enabled tradingbot-recovery-drill.timer").stdout.strip() == "enabled"
+    rc, journal, metrics = run_drill(host)
+    assert rc == 0, journal
+    assert "Total tests: 8\nPassed: 8\nFailed: 0\nPass rate: 100%" in journal
+    assert "tradingbot_recovery_drill_success 1" in metrics
+
+
+def test_the_recovery_drill_fails_naming_a_check_broken_on_purpose(host):
+    original = host.file(LOGROTATE).content_string
+    host.run("printf '%%s' %s > %s", "/opt/tradingbot/logs/*.log {\n  rotate_every_fortnight\n}\n", LOGROTATE)
+    try:
+        rc, journal, metrics = run_drill(host)
+    finally:
+        host.run("printf '%%s' %s > %s", original, LOGROTATE)
+    assert rc != 0
+    assert "[FAIL] logrotate configuration" in journal
+    assert "Failed: 1" in journal
+    assert "tradingbot_recovery_drill_success 0" in metrics
