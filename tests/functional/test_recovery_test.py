@@ -12,6 +12,7 @@ import sys
 
 import pytest
 from ansible_collections.tradingbot.ops.plugins.module_utils import backup_engine, recovery_test
+from damage import corrupt_flip
 
 
 def sha256(path):
@@ -56,11 +57,7 @@ def test_every_check_passes_and_live_data_is_only_read(deployment):
 
 
 def test_a_corrupted_latest_backup_fails_the_named_check(deployment):
-    with open(deployment["latest"], "r+b") as handle:
-        handle.seek(os.path.getsize(deployment["latest"]) // 2)
-        byte = handle.read(1)
-        handle.seek(-1, os.SEEK_CUR)
-        handle.write(bytes([byte[0] ^ 0xFF]))
+    corrupt_flip(deployment["latest"])
 
     report = run_self_test(deployment)
 

@@ -17,6 +17,7 @@ from ansible_collections.tradingbot.ops.plugins.module_utils.db_common import (
     write_json_atomic,
 )
 from ansible_collections.tradingbot.ops.plugins.module_utils.restore_engine import RestoreError, psql_script
+from damage import corrupt_flip, corrupt_manifest_checksum, corrupt_truncate
 
 _names = itertools.count()
 
@@ -130,24 +131,6 @@ def test_open_sessions_on_the_live_database_are_ended_for_the_swap(pg_site):
         idle.wait()
     assert result["changed"] is True
     assert pg_content_digest(params) == pg_site["backed_up"]
-
-
-def corrupt_flip(path):
-    with open(path, "r+b") as handle:
-        handle.seek(os.path.getsize(path) // 2)
-        byte = handle.read(1)
-        handle.seek(-1, os.SEEK_CUR)
-        handle.write(bytes([byte[0] ^ 0x01]))
-
-
-def corrupt_truncate(path):
-    os.truncate(path, os.path.getsize(path) - 64)
-
-
-def corrupt_manifest_checksum(path):
-    manifest = read_manifest(path)
-    manifest["sha256"] = "f" * 64
-    write_json_atomic(manifest_path(path), manifest)
 
 
 @pytest.mark.parametrize("corrupt", [corrupt_flip, corrupt_truncate, corrupt_manifest_checksum])

@@ -19,6 +19,7 @@ from ansible_collections.tradingbot.ops.plugins.module_utils.db_common import (
     write_json_atomic,
 )
 from ansible_collections.tradingbot.ops.plugins.module_utils.restore_engine import RestoreError
+from damage import corrupt_flip, corrupt_manifest_checksum, corrupt_truncate
 
 
 def write_rows(db, first, count, wal=True):
@@ -135,24 +136,6 @@ def test_uncheckpointed_wal_goes_with_the_safety_copy_and_is_not_replayed(site):
     )
     assert content_of(site["db"]) == site["backed_up"]
     assert content_of(result["safety_copy"]) == with_wal
-
-
-def corrupt_flip(path):
-    with open(path, "r+b") as handle:
-        handle.seek(os.path.getsize(path) // 2)
-        byte = handle.read(1)
-        handle.seek(-1, os.SEEK_CUR)
-        handle.write(bytes([byte[0] ^ 0x01]))
-
-
-def corrupt_truncate(path):
-    os.truncate(path, os.path.getsize(path) - 100)
-
-
-def corrupt_manifest_checksum(path):
-    manifest = read_manifest(path)
-    manifest["sha256"] = "0" * 64
-    write_json_atomic(manifest_path(path), manifest)
 
 
 @pytest.mark.parametrize("corrupt", [corrupt_flip, corrupt_truncate, corrupt_manifest_checksum])
