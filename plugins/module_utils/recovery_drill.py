@@ -1,10 +1,10 @@
-"""The recovery self-test: proof, on a host, that its backups can be made and restored.
+"""The recovery drill: proof, on a host, that its backups can be made and restored.
 
 It replaces the original ``scripts/test_recovery.sh`` and keeps its summary (Total tests,
 Passed, Failed, Pass rate). Everything it writes goes to a scratch directory (and, for
 PostgreSQL, a scratch database) that it removes again; the live database and the live
 backups are only read. ``playbooks/verify.yml`` and the monthly recovery-drill timer both
-run it on the host as ``python3 -m tradingbot_ops.recovery_test``.
+run it on the host as ``python3 -m tradingbot_ops.recovery_drill``.
 
 Stdlib only, no Ansible imports: it runs on hosts as part of the ``tradingbot_ops`` package.
 """
@@ -78,7 +78,7 @@ def _age_backup(path, days):
     return new_path
 
 
-class SelfTest:
+class RecoveryDrill:
     """Runs the checks in order and collects their results; one failure does not stop the rest."""
 
     def __init__(self, config, service=None, logrotate_config=None, scratch_root=None):
@@ -228,7 +228,7 @@ class SelfTest:
         return f"{os.path.basename(result['path'])}: {result.get('size')} bytes, verified"
 
     def check_postgresql_restore(self):
-        scratch_db = f"{self.config['database']}_selftest"
+        scratch_db = f"{self.config['database']}_recovery_drill"
         params = self._pg_params(scratch_db)
         maintenance_db = self.config.get("maintenance_db", "postgres")
         drop = 'DROP DATABASE IF EXISTS :"name"'
@@ -250,7 +250,7 @@ class SelfTest:
     # --- running ----------------------------------------------------------------------------
 
     def run(self):
-        self.scratch = tempfile.mkdtemp(prefix="tradingbot-recovery-test-", dir=self.scratch_root)
+        self.scratch = tempfile.mkdtemp(prefix="tradingbot-recovery-drill-", dir=self.scratch_root)
         try:
             self.check("backup engine runs", self.check_backup_engine)
             self.check("restore engine usable", self.check_restore_engine)
@@ -302,7 +302,7 @@ def write_metrics(metrics_dir, report, now=None):
     """Prometheus textfile-collector metrics for the drill, written atomically."""
     now = time.time() if now is None else now
     lines = [
-        f"# HELP {METRICS_PREFIX}_success 1 when every recovery self-test check passed.",
+        f"# HELP {METRICS_PREFIX}_success 1 when every recovery drill check passed.",
         f"# TYPE {METRICS_PREFIX}_success gauge",
         f"{METRICS_PREFIX}_success {1 if report['ok'] else 0}",
         f"# HELP {METRICS_PREFIX}_checks_failed Number of failed checks in the last drill.",
@@ -321,7 +321,7 @@ def write_metrics(metrics_dir, report, now=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="tradingbot_ops.recovery_test", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tradingbot_ops.recovery_drill", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the backup job's JSON configuration")
     parser.add_argument(
         "--service",
@@ -337,7 +337,7 @@ def main(argv=None):
     except (OSError, ValueError) as exc:
         print(f"error: cannot read {args.config}: {exc}", file=sys.stderr)
         return 2
-    report = SelfTest(config, args.service, args.logrotate_config).run()
+    report = RecoveryDrill(config, args.service, args.logrotate_config).run()
     if args.metrics_dir:
         write_metrics(args.metrics_dir, report)
     report["summary"] = summary_text(report)

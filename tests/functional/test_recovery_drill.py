@@ -1,4 +1,4 @@
-"""The recovery self-test against a real SQLite deployment laid out in a temp dir.
+"""The recovery drill against a real SQLite deployment laid out in a temp dir.
 
 The systemd and logrotate checks are exercised on real hosts by the molecule scenarios;
 here the units list is empty and a real logrotate file is checked.
@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from ansible_collections.tradingbot.ops.plugins.module_utils import backup_engine, recovery_test
+from ansible_collections.tradingbot.ops.plugins.module_utils import backup_engine, recovery_drill
 from damage import corrupt_flip
 
 
@@ -27,7 +27,7 @@ def deployment(tmp_path):
     data.mkdir()
     backups.mkdir()
     live_db = data / "tradingbot.db"
-    recovery_test.make_scratch_sqlite(str(live_db), rows=50)
+    recovery_drill.make_scratch_sqlite(str(live_db), rows=50)
     config = {"engine": "sqlite", "database": str(live_db), "backup_dir": str(backups)}
     latest = backup_engine.run_backup(dict(config))["path"]
     logrotate = tmp_path / "logrotate.conf"
@@ -37,8 +37,8 @@ def deployment(tmp_path):
     return {"config": config, "config_file": config_file, "latest": latest, "live_db": live_db, "logrotate": logrotate}
 
 
-def run_self_test(deployment):
-    return recovery_test.SelfTest(
+def run_recovery_drill(deployment):
+    return recovery_drill.RecoveryDrill(
         deployment["config"], logrotate_config=str(deployment["logrotate"]), scratch_root=None
     ).run()
 
@@ -47,7 +47,7 @@ def test_every_check_passes_and_live_data_is_only_read(deployment):
     before = {p: sha256(p) for p in (deployment["latest"], deployment["live_db"])}
     listing = sorted(os.listdir(deployment["config"]["backup_dir"]))
 
-    report = run_self_test(deployment)
+    report = run_recovery_drill(deployment)
 
     assert report["ok"], report["checks"]
     assert report["total"] == 8
@@ -59,7 +59,7 @@ def test_every_check_passes_and_live_data_is_only_read(deployment):
 def test_a_corrupted_latest_backup_fails_the_named_check(deployment):
     corrupt_flip(deployment["latest"])
 
-    report = run_self_test(deployment)
+    report = run_recovery_drill(deployment)
 
     assert not report["ok"]
     assert report["failed_checks"] == ["restore engine usable"]
@@ -68,7 +68,7 @@ def test_a_corrupted_latest_backup_fails_the_named_check(deployment):
 def test_an_invalid_logrotate_file_fails_the_named_check(deployment):
     deployment["logrotate"].write_text("/var/log/x.log {\n  rotate_every_fortnight\n}\n")
 
-    report = run_self_test(deployment)
+    report = run_recovery_drill(deployment)
 
     assert report["failed_checks"] == ["logrotate configuration"]
 
@@ -77,8 +77,8 @@ def test_cli_prints_the_original_summary_and_exits_non_zero_on_failure(deploymen
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "lib"))
     package = tmp_path / "lib" / "tradingbot_ops"
     package.parent.mkdir()
-    os.symlink(os.path.dirname(recovery_test.__file__), package)
-    argv = [sys.executable, "-m", "tradingbot_ops.recovery_test", "--config", str(deployment["config_file"])]
+    os.symlink(os.path.dirname(recovery_drill.__file__), package)
+    argv = [sys.executable, "-m", "tradingbot_ops.recovery_drill", "--config", str(deployment["config_file"])]
     argv += ["--logrotate-config", str(deployment["logrotate"]), "--metrics-dir", str(tmp_path)]
 
     passing = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
