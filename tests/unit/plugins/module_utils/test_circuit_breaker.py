@@ -34,6 +34,7 @@ from ansible_collections.tradingbot.ops.plugins.module_utils.circuit_breaker imp
 )
 
 MODULE_DIR = Path(cbmod.__file__).parent
+REPO = MODULE_DIR.parents[1]
 
 
 def copy_breaker_modules(package):
