@@ -24,15 +24,19 @@ Stdlib only.
 
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# GNU time (Debian package "time") reports a child's peak RSS free of this process's own size.
+GNU_TIME = shutil.which("time", path="/usr/bin:/bin")
 DEFAULT_PAIRS = 3
 # Labels and formats of the metrics the harness knows; any other metric prints as "%.3g".
 METRICS = {
@@ -61,16 +65,21 @@ def run_command(argv, *, env=None, cwd=None, stdout=subprocess.DEVNULL, stdin=No
     """Run ``argv`` to completion; return its sample: wall seconds, CPU seconds and peak RSS.
 
     wait4's usage covers the child and every descendant it reaped, so a shell pipeline counts
-    whole; ru_maxrss is the largest single process of that tree, not their sum.
+    whole. Peak RSS is the largest single process of that tree, not their sum. It is taken by
+    GNU time: a child forked from this Python process inherits its RSS high-water mark, so
+    wait4's own ru_maxrss can never read below this process's size.
     """
-    started = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=stdout, stdin=stdin)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.monotonic() - started
+    with tempfile.NamedTemporaryFile(mode="r", prefix="bench-rss-") as rss_file:
+        wrapped = [GNU_TIME, "-f", "%M", "-o", rss_file.name, *map(str, argv)] if GNU_TIME else list(argv)
+        started = time.monotonic()
+        proc = subprocess.Popen(wrapped, env=env, cwd=cwd, stdout=stdout, stdin=stdin)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.monotonic() - started
+        peak_kib = int(rss_file.read().split()[-1]) if GNU_TIME else usage.ru_maxrss
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"command failed (exit {proc.returncode}): {shlex.join(map(str, argv))}")
-    return {"seconds": elapsed, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mib": usage.ru_maxrss / 1024}
+    return {"seconds": elapsed, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mib": peak_kib / 1024}
 
 
 @dataclass
@@ -152,6 +161,8 @@ def alternate(sides, *, pairs=DEFAULT_PAIRS, warmup=1):
     if len(set(names)) != len(names):
         raise ValueError(f"side names must be unique: {names}")
     results = Results(names, {name: [] for name in names})
+    if not GNU_TIME:
+        log("no /usr/bin/time (Debian package time): peak RSS includes this process's own size")
     log(f"load average {loadavg()}; {warmup} warm-up round(s), {pairs} pairs of {', '.join(names)}")
     for round_ in range(-warmup, pairs):
         round_name = "warm-up" if round_ < 0 else f"pair {round_ + 1}/{pairs}"
