@@ -154,7 +154,7 @@ class Cluster:
         return int(self.sql("SELECT pg_database_size('bench')")) / MIB
 
     def drop(self, database):
-        self.as_postgres(self.client("dropdb", "--if-exists", database))
+        self.as_postgres(self.client("dropdb", "--if-exists", database), capture_output=True)
 
 
 class Tree:
@@ -170,10 +170,13 @@ class Tree:
         self.lib.mkdir()
         (self.lib / "tradingbot_ops").symlink_to(module_utils)
 
+    def env(self):
+        """The environment in which ``import tradingbot_ops`` finds this tree's package."""
+        return dict(os.environ, PYTHONPATH=str(self.lib))
+
     def python(self, module, *args):
         """argv and env that run ``python3 -m tradingbot_ops.<module>`` from this tree."""
-        env = dict(os.environ, PYTHONPATH=str(self.lib))
-        return ["python3", "-m", f"tradingbot_ops.{module}", *map(str, args)], env
+        return ["python3", "-m", f"tradingbot_ops.{module}", *map(str, args)], self.env()
 
     def backup_command(self, config, config_path):
         """argv and env of one backup through the host CLI, with ``config`` written to ``config_path``."""
