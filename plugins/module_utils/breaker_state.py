@@ -127,6 +127,26 @@ class BreakerStateMachine:
             kind = _IGNORED  # KeyboardInterrupt, SystemExit, asyncio.CancelledError
         self._run_locked(self._record_locked, ep, lease, kind, slow, end)
 
+    def _record_quick_success(self, ep, now):
+        """Record a quick success of a call admitted while closed (no lease, no store).
+
+        It can only end the failure streak and take a slot in the window. The synchronous
+        forms inline this body (see CircuitBreaker.call); the asyncio forms call it, since
+        an await costs more than the call.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._successes += 1
+            if ep is self._epoch:
+                self._consecutive_failures = 0
+                if self._timed_window:
+                    self._push(False, now)
+                else:
+                    self._window_seq += 1
+        finally:
+            lock.release()
+
     def _run_locked(self, action, *args):
         """Run ``action`` under the lock (and the store's lock, with its state loaded),
         then notify listeners of any transition after releasing the locks."""

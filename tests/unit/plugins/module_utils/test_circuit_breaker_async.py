@@ -279,3 +279,44 @@ def test_async_with_nests_in_one_task():
     asyncio.run(scenario())
     snap = breaker.snapshot()
     assert (snap["successes"], snap["failures"]) == (1, 1)
+
+
+@FORMS
+def test_a_success_admitted_in_an_earlier_epoch_does_not_end_the_new_streak(invoke):
+    breaker = make(failure_threshold=2)
+
+    async def waits(gate):
+        await gate.wait()
+        return "ok"
+
+    async def scenario():
+        gate = asyncio.Event()
+        stale = asyncio.create_task(invoke(breaker, waits, gate))
+        await asyncio.sleep(0)  # admitted while closed, now suspended
+        await fail_times(breaker, invoke, 2)
+        breaker.force_closed()  # a new closed epoch
+        await fail_times(breaker, invoke, 1)
+        gate.set()
+        assert await stale == "ok"
+        await fail_times(breaker, invoke, 1)  # the second failure of this epoch's streak
+
+    asyncio.run(scenario())
+    snap = breaker.snapshot()
+    assert (snap["state"], snap["successes"], snap["failures"]) == ("open", 1, 4)
+
+
+@FORMS
+def test_time_window_counts_async_calls(invoke):
+    clock = FakeClock()
+    breaker = make(clock, window_size=None, window_duration=10.0, minimum_calls=4, failure_threshold=10)
+
+    async def scenario():
+        for _call in range(3):
+            assert await invoke(breaker, ok) == "ok"
+        clock.advance(11.0)  # those three leave the window
+        assert await invoke(breaker, ok) == "ok"
+        await fail_times(breaker, invoke, 1)
+
+    asyncio.run(scenario())
+    snap = breaker.snapshot()
+    assert (snap["window_calls"], snap["window_failures"], snap["state"]) == (2, 1, "closed")

@@ -187,14 +187,23 @@ def main():
     def drill_close(_signum, _frame):
         app.force_breakers(opened=False)
 
-    signal.signal(signal.SIGHUP, reopen_logs)
-    signal.signal(signal.SIGTERM, shut_down)
-    signal.signal(signal.SIGINT, shut_down)
-    signal.signal(signal.SIGUSR1, drill_open)
-    signal.signal(signal.SIGUSR2, drill_close)
-
+    handlers = {
+        signal.SIGHUP: reopen_logs,
+        signal.SIGTERM: shut_down,
+        signal.SIGINT: shut_down,
+        signal.SIGUSR1: drill_open,
+        signal.SIGUSR2: drill_close,
+    }
+    for signum, handler_fn in handlers.items():
+        signal.signal(signum, handler_fn)
+    # The kernel may deliver a signal to any thread that does not block it, and then the
+    # main thread's wait below is not interrupted: its handler would wait for the next
+    # watchdog ping (or an hour). Threads inherit the mask, so block them while starting
+    # the workers, leaving the main thread as the only receiver.
+    signal.pthread_sigmask(signal.SIG_BLOCK, handlers)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     threading.Thread(target=app.run_ticks, name="ticks", daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, handlers)
     LOG.info("listening on http://%s:%d/health and /metrics, database %s", *app.address, app.db_path)
     sd_notify("READY=1\nSTATUS=serving /health and /metrics")
 
