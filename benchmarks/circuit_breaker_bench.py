@@ -45,7 +45,9 @@ PINS = {"pybreaker": "1.4.1", "circuitbreaker": "2.1.3", "aiobreaker": "1.2.0", 
 TARGET_NS = 1000.0
 # Two runs of the same code differ by a few percent here; "no slower than before" allows that.
 SAME_CODE_NOISE = 1.05
-SIZES = {"full": {"number": 30_000, "repeat": 3, "pairs": 5}, "quick": {"number": 5_000, "repeat": 3, "pairs": 3}}
+# Short timings, many of them: on a loaded machine the best of many short timings is the one
+# least disturbed by other processes; one long timing is always disturbed.
+SIZES = {"full": {"number": 3_000, "repeat": 30, "pairs": 7}, "quick": {"number": 2_000, "repeat": 10, "pairs": 3}}
 
 # (side, statement, form). A form groups the sides that do the same job; the first of a form
 # is ours, and ratios pair it with the others. "info" and "unguarded" sides are not paired.
@@ -231,11 +233,11 @@ def judge(results, cases, trees):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.add_arguments(parser)
-    parser.add_argument("--number", type=int, help="calls per timing (full 30000, quick 5000)")
-    parser.add_argument("--repeat", type=int, help="timings per sample, the best counts (default 3)")
+    parser.add_argument("--number", type=int, help="calls per timing (full 3000, quick 2000)")
+    parser.add_argument("--repeat", type=int, help="timings per sample, the best counts (full 30, quick 10)")
     parser.add_argument("--tree", type=Path, action="append", default=[], help="another checkout to compare")
     parser.add_argument("--venv", type=Path, default=VENV, help=f"venv for the peers (default {VENV})")
-    parser.set_defaults(pairs=None)
+    parser.set_defaults(pairs=None)  # the size decides (full 7, quick 3) unless --pairs is given
     args = parser.parse_args()
     size = SIZES["quick" if args.quick else "full"]
     number, repeat = args.number or size["number"], args.repeat or size["repeat"]
