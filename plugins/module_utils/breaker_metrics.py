@@ -44,16 +44,16 @@ def _family(lines, name, kind, help_text):
 def render_metrics(breakers=None):
     """The metrics of ``breakers`` (default: every registered breaker) as exposition text."""
     breakers = get_registry().breakers() if breakers is None else list(breakers)
-    rows = [(_label(b.name), b.snapshot(), b.last_transition_time) for b in breakers]
+    rows = [(_label(b.name), b.snapshot()) for b in breakers]  # one consistent reading each
     lines = []
     _family(lines, "state", "gauge", "1 for the state the breaker is in, 0 for the others.")
-    for name, snap, _since in rows:
+    for name, snap in rows:
         for state in CircuitState:
             value = 1 if snap["state"] == state.value else 0
             lines.append(f'{METRIC_PREFIX}_state{{breaker="{name}",state="{state.value}"}} {value}')
     for suffix, help_text, key in _COUNTERS:
         _family(lines, suffix, "counter", help_text)
-        lines.extend(f'{METRIC_PREFIX}_{suffix}{{breaker="{name}"}} {snap[key]}' for name, snap, _since in rows)
+        lines.extend(f'{METRIC_PREFIX}_{suffix}{{breaker="{name}"}} {snap[key]}' for name, snap in rows)
     _family(
         lines,
         "last_transition_timestamp_seconds",
@@ -61,8 +61,8 @@ def render_metrics(breakers=None):
         "Wall-clock time of the breaker's last state change (its creation if none), in epoch seconds.",
     )
     lines.extend(
-        f'{METRIC_PREFIX}_last_transition_timestamp_seconds{{breaker="{name}"}} {since:.3f}'
-        for name, _snap, since in rows
+        f'{METRIC_PREFIX}_last_transition_timestamp_seconds{{breaker="{name}"}} {snap["last_transition_time"]:.3f}'
+        for name, snap in rows
     )
     return "\n".join(lines) + "\n"
 

@@ -91,6 +91,7 @@ def test_render_reports_state_counters_and_transition_time():
     assert [value(samples, m, "postgres") for m in ("calls_total", "failures_total", "rejections_total")] == [2, 2, 3]
     assert before - 0.001 <= value(samples, "last_transition_timestamp_seconds", "postgres") <= after + 0.001
     assert value(samples, "last_transition_timestamp_seconds", "exchange") <= before + 0.001  # its creation
+    assert value(samples, "last_transition_timestamp_seconds", "postgres") == round(tripped.last_transition_time, 3)
     assert typed == {
         f"{METRIC_PREFIX}_state": "gauge",
         f"{METRIC_PREFIX}_calls_total": "counter",
