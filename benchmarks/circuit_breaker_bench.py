@@ -14,11 +14,12 @@ its own --venv.
 
 Every case is a side of benchmarks/harness.py: a warm-up round, then --pairs rounds that run
 each side once in turn; a sample is the best of --repeat timings of --number calls, in ns per
-call. Ratios are the medians of the per-round ratios, form for form. circuitbreaker's
-``.call()`` never checks whether the circuit is open, so it is shown but paired with nothing;
-our ``call`` is paired with its decorator. ``--tree DIR`` adds the sync forms of another
-checkout's breaker (``git archive main plugins/module_utils | tar -x -C DIR``; either module
-layout), so before and after are compared within one run.
+call (async sides: a tenth of the timings, of ten times the calls). Ratios are the medians
+of the per-round ratios, form for form. circuitbreaker's ``.call()`` never checks whether
+the circuit is open, so it is shown but paired with nothing; our ``call`` is paired with its
+decorator. ``--tree DIR`` adds the sync forms of another checkout's breaker
+(``git archive main plugins/module_utils | tar -x -C DIR``; either module layout), so before
+and after are compared within one run.
 """
 
 import argparse
@@ -45,9 +46,12 @@ PINS = {"pybreaker": "1.4.1", "circuitbreaker": "2.1.3", "aiobreaker": "1.2.0", 
 TARGET_NS = 1000.0
 # Two runs of the same code differ by a few percent here; "no slower than before" allows that.
 SAME_CODE_NOISE = 1.05
-# Short timings, many of them: on a loaded machine the best of many short timings is the one
-# least disturbed by other processes; one long timing is always disturbed.
-SIZES = {"full": {"number": 3_000, "repeat": 30, "pairs": 7}, "quick": {"number": 2_000, "repeat": 10, "pairs": 3}}
+# Many short timings: on a loaded machine the best of many 0.5 ms timings is one that no other
+# process disturbed, while a long timing is always disturbed (the same code measured 1.64 times
+# itself at 3000 calls x 30, within 3% at 500 x 60). Async timings each pay one
+# run_until_complete, so they take ASYNC_SCALE times the calls and 1/ASYNC_SCALE the timings.
+SIZES = {"full": {"number": 500, "repeat": 100, "pairs": 7}, "quick": {"number": 500, "repeat": 30, "pairs": 3}}
+ASYNC_SCALE = 10
 
 # (side, statement, form). A form groups the sides that do the same job; the first of a form
 # is ours, and ratios pair it with the others. "info" and "unguarded" sides are not paired.
@@ -233,8 +237,12 @@ def judge(results, cases, trees):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.add_arguments(parser)
-    parser.add_argument("--number", type=int, help="calls per timing (full 3000, quick 2000)")
-    parser.add_argument("--repeat", type=int, help="timings per sample, the best counts (full 30, quick 10)")
+    parser.add_argument("--number", type=int, help="calls per sync timing (500; async: 10 times that)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help="timings per sync sample, the best counts (full 100, quick 30; async: a tenth, at least 3)",
+    )
     parser.add_argument("--tree", type=Path, action="append", default=[], help="another checkout to compare")
     parser.add_argument("--venv", type=Path, default=VENV, help=f"venv for the peers (default {VENV})")
     parser.set_defaults(pairs=None)  # the size decides (full 7, quick 3) unless --pairs is given
@@ -250,10 +258,12 @@ def main():
     namespace, loop = build_namespace(trees)
     sync_cases = SYNC_CASES + [case for label in trees for case in tree_cases(label)]
     sides = [sync_side(name, stmt, namespace, number, repeat) for name, stmt, _form in sync_cases]
-    sides += [
-        async_side(name, stmt, namespace, loop, number=number, repeat=repeat) for name, stmt, _form in ASYNC_CASES
-    ]
-    print(f"python {sys.version.split()[0]}, {pairs} pairs after {args.warmup} warm-up, {repeat} x {number} calls")
+    async_size = {"number": number * ASYNC_SCALE, "repeat": max(3, repeat // ASYNC_SCALE)}
+    sides += [async_side(name, stmt, namespace, loop, **async_size) for name, stmt, _form in ASYNC_CASES]
+    print(
+        f"python {sys.version.split()[0]}, {pairs} pairs after {args.warmup} warm-up;"
+        f" a sample is the best of {repeat} x {number} calls (async: {async_size['repeat']} x {async_size['number']})"
+    )
     results = harness.alternate(sides, pairs=pairs, warmup=args.warmup)
     check_still_closed(namespace, trees)
     print(results.table())
