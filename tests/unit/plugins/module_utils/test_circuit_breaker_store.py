@@ -11,7 +11,7 @@ import textwrap
 import time
 
 import pytest
-from ansible_collections.tradingbot.ops.plugins.module_utils import circuit_breaker as cbmod
+from ansible_collections.tradingbot.ops.plugins.module_utils import breaker_store
 from ansible_collections.tradingbot.ops.plugins.module_utils.circuit_breaker import (
     CLOSED,
     HALF_OPEN,
@@ -21,6 +21,7 @@ from ansible_collections.tradingbot.ops.plugins.module_utils.circuit_breaker imp
     CircuitBreakerError,
     FileStateStore,
 )
+from test_circuit_breaker import copy_breaker_modules  # the same deployed layout
 
 # The deployed module runs under the host's python3 (3.11 on Debian 12).
 HOST_PYTHON = shutil.which("python3", path="/usr/bin") or sys.executable
@@ -172,7 +173,7 @@ def test_delete_and_load(tmp_path):
 def test_boot_id_comes_from_the_kernel(monkeypatch, tmp_path):
     with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
         assert FileStateStore(tmp_path / "s.json").boot_id == handle.read().strip()
-    monkeypatch.setattr(cbmod, "_BOOT_ID_PATH", str(tmp_path / "missing"))
+    monkeypatch.setattr(breaker_store, "_BOOT_ID_PATH", str(tmp_path / "missing"))
     assert FileStateStore(tmp_path / "s.json").boot_id == "unknown"
 
 
@@ -220,7 +221,7 @@ def child(tmp_path):
     package = tmp_path / "lib" / "tradingbot_ops"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    shutil.copy(cbmod.__file__, package / "circuit_breaker.py")
+    copy_breaker_modules(package)
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     store = tmp_path / "state.json"

@@ -1,4 +1,5 @@
-"""Demo tradingbot service: health endpoint, sd_notify watchdog, SQLite writes, SIGHUP log reopen."""
+"""Demo tradingbot service: health and metrics endpoints, sd_notify watchdog, SQLite writes,
+SIGHUP log reopen, SIGUSR1/SIGUSR2 breaker drill."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tradingbot_ops.circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitBreakerError
+from tradingbot_ops.breaker_metrics import CONTENT_TYPE, render_metrics
+from tradingbot_ops.circuit_breaker import (
+    CircuitBreakerConfig,
+    CircuitBreakerError,
+    get_circuit_breaker,
+    get_registry,
+)
 
 LOG = logging.getLogger("tradingbot")
 
@@ -66,7 +73,8 @@ class App:
         self.address = (host or "127.0.0.1", int(port))
         self.tick_seconds = float(env.get("TRADINGBOT_DEMO_TICK_SECONDS", "5"))
         self.upstream = Upstream(float(env.get("TRADINGBOT_DEMO_UPSTREAM_FAILURE_RATE", "0.1")))
-        self.breaker = CircuitBreaker("upstream", CircuitBreakerConfig(failure_threshold=3, timeout=30.0))
+        # Registered, so that /metrics shows it.
+        self.breaker = get_circuit_breaker("upstream", CircuitBreakerConfig(failure_threshold=3, timeout=30.0))
         self.stop = threading.Event()
         self.ticks = 0
         self.rejected = 0
@@ -96,6 +104,16 @@ class App:
             rows = self.db.execute("SELECT count(*) FROM ticks").fetchone()[0]
         return {"status": "ok", "ticks": self.ticks, "rows": rows, "breaker": self.breaker.state.value}
 
+    @staticmethod
+    def force_breakers(opened):
+        """The breaker drill: force every registered breaker open, or back to closed."""
+        for breaker in get_registry().breakers():
+            if opened:
+                breaker.force_open()
+            else:
+                breaker.force_closed()
+        LOG.warning("breaker drill: every breaker forced %s", "open" if opened else "closed")
+
     def run_ticks(self):
         while not self.stop.is_set():
             try:
@@ -108,6 +126,9 @@ class App:
 def make_handler(app):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            if self.path == "/metrics":
+                self.reply(200, CONTENT_TYPE, render_metrics().encode())
+                return
             if self.path != "/health":
                 self.send_error(404)
                 return
@@ -115,9 +136,11 @@ def make_handler(app):
                 status, body = 200, app.health()
             except sqlite3.Error as exc:
                 status, body = 503, {"status": "error", "error": str(exc)}
-            data = json.dumps(body).encode()
+            self.reply(status, "application/json", json.dumps(body).encode())
+
+        def reply(self, status, content_type, data):
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -155,14 +178,34 @@ def main():
     def shut_down(_signum, _frame):
         app.stop.set()
 
-    signal.signal(signal.SIGHUP, reopen_logs)
-    signal.signal(signal.SIGTERM, shut_down)
-    signal.signal(signal.SIGINT, shut_down)
+    # Signals, not an HTTP endpoint: only root or the service user on the host can send
+    # them, whatever address the server listens on. The handlers run on the main thread,
+    # which never holds a breaker's lock.
+    def drill_open(_signum, _frame):
+        app.force_breakers(opened=True)
 
+    def drill_close(_signum, _frame):
+        app.force_breakers(opened=False)
+
+    handlers = {
+        signal.SIGHUP: reopen_logs,
+        signal.SIGTERM: shut_down,
+        signal.SIGINT: shut_down,
+        signal.SIGUSR1: drill_open,
+        signal.SIGUSR2: drill_close,
+    }
+    for signum, handler_fn in handlers.items():
+        signal.signal(signum, handler_fn)
+    # The kernel may deliver a signal to any thread that does not block it, and then the
+    # main thread's wait below is not interrupted: its handler would wait for the next
+    # watchdog ping (or an hour). Threads inherit the mask, so block them while starting
+    # the workers, leaving the main thread as the only receiver.
+    signal.pthread_sigmask(signal.SIG_BLOCK, handlers)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     threading.Thread(target=app.run_ticks, name="ticks", daemon=True).start()
-    LOG.info("listening on http://%s:%d/health, database %s", *app.address, app.db_path)
-    sd_notify("READY=1\nSTATUS=serving /health")
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, handlers)
+    LOG.info("listening on http://%s:%d/health and /metrics, database %s", *app.address, app.db_path)
+    sd_notify("READY=1\nSTATUS=serving /health and /metrics")
 
     # The watchdog ping comes from the main thread: a hung process stops pinging.
     interval = watchdog_interval()
