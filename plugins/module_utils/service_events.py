@@ -91,7 +91,8 @@ def render(unit, counts, last_stop=None):
 @contextlib.contextmanager
 def _locked(metrics_dir):
     # The lock file is not *.prom, so the textfile collector ignores it.
-    fd = os.open(os.path.join(metrics_dir, f".{PREFIX}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # Read-only: flock needs no write access, so a lock file left by another user still works.
+    fd = os.open(os.path.join(metrics_dir, f".{PREFIX}.lock"), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -16,11 +16,13 @@ promtool fails.
 
 import json
 import os
+import pwd
 import re
 import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import ansible_collections
@@ -626,7 +628,7 @@ def test_concurrent_stops_are_all_counted(tmp_path):
         "EXIT_CODE": "killed",
         "EXIT_STATUS": "KILL",
     }
-    procs = [subprocess.Popen([*argv, "record"], env=env) for _ in range(12)]
+    procs = [subprocess.Popen([*argv, "record"], env=env) for _stop in range(12)]
     assert [proc.wait(timeout=60) for proc in procs] == [0] * 12
     text = (tmp_path / "tradingbot_service_a.service.prom").read_text()
     assert 'tradingbot_service_stops_total{unit="a.service",result="signal"} 12' in text
@@ -638,6 +640,37 @@ def test_concurrent_stops_are_all_counted(tmp_path):
     assert subprocess.run([*argv, "init"], env=env, check=False).returncode == 0
     assert (tmp_path / "tradingbot_service_a.service.prom").read_text() == text
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists(HOST_PYTHON), reason="needs root and /usr/bin/python3")
+def test_the_service_user_records_past_a_lock_file_left_by_root():
+    # ExecStopPost= runs as the service user; an operator may have run the hook as root before.
+    # tmp_path is private to root; the unprivileged run needs a directory it can traverse.
+    root = Path(tempfile.mkdtemp(prefix="tradingbot-service-events-"))
+    try:
+        root.chmod(0o755)  # the unprivileged user must traverse it
+        lib = root / "lib"
+        lib.mkdir()
+        os.symlink(REPO / "plugins" / "module_utils", lib / "tradingbot_ops")
+        metrics = root / "metrics"
+        metrics.mkdir()
+        (metrics / ".tradingbot_service.lock").touch(mode=0o644)
+        nobody = pwd.getpwnam("nobody")
+        os.chown(metrics, nobody.pw_uid, nobody.pw_gid)
+        argv = ["runuser", "-u", "nobody", "--", HOST_PYTHON, "-m", "tradingbot_ops.service_events"]
+        result = subprocess.run(
+            [*argv, "--metrics-dir", str(metrics), "--unit", "b.service", "record"],
+            env={**os.environ, "PYTHONPATH": str(lib), "SERVICE_RESULT": "oom-kill"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        prom = metrics / "tradingbot_service_b.service.prom"
+        assert prom.stat().st_uid == nobody.pw_uid
+        assert 'tradingbot_service_stops_total{unit="b.service",result="oom-kill"} 1' in prom.read_text()
+    finally:
+        shutil.rmtree(root)
 
 
 # --- the role -----------------------------------------------------------------------------------
