@@ -254,8 +254,9 @@ CASES = [
         "restarting: 3 failed stops in an hour is the limit",
         "TradingbotServiceRestarting",
         stops({"exit-code": "0x69 1x9 2x9 3x29"}),
-        [("119m", QUIET)],
-        "1m",
+        # Evaluated between two samples, as real scrapes are: increase() extrapolates 3 to 3.03.
+        [("119m", QUIET), ("119m30s", QUIET)],
+        ("1m", "30s"),
     ),
     (
         "restarting: deploy restarts are clean stops",
@@ -296,13 +297,15 @@ def expected_alert(rule, labels, summary):
 
 
 def run_rule_test(promtool, tmp_path, interval, input_series, checks):
+    """``interval``: the sample interval, also the evaluation interval unless a pair gives both."""
+    sample_interval, evaluation_interval = (interval, interval) if isinstance(interval, str) else interval
     test_file = tmp_path / "test.yml"
     test_file.write_text(
         yaml.safe_dump(
             {
                 "rule_files": [str(RULES)],
-                "evaluation_interval": interval,
-                "tests": [{"interval": interval, "input_series": input_series, "alert_rule_test": checks}],
+                "evaluation_interval": evaluation_interval,
+                "tests": [{"interval": sample_interval, "input_series": input_series, "alert_rule_test": checks}],
             }
         )
     )
