@@ -79,10 +79,37 @@ build_venv() {
   echo "$venv"
 }
 
+# promtool tests the alert rules. Installing Debian's prometheus package would also start a
+# Prometheus server, so only its promtool is extracted, keyed on the package version.
+install_promtool() {
+  local version dir tmp
+  version=$(apt-cache policy prometheus 2>/dev/null | awk '$1 == "Candidate:" { print $2 }')
+  if [ -z "$version" ] || [ "$version" = "(none)" ]; then
+    [ "$(id -u)" -eq 0 ] || die "apt knows no prometheus package; run as root to update the package lists"
+    apt-get update -qq
+    version=$(apt-cache policy prometheus | awk '$1 == "Candidate:" { print $2 }')
+  fi
+  [ -n "$version" ] && [ "$version" != "(none)" ] || die "no prometheus package in the apt sources (promtool)"
+  dir="$cache_dir/promtool-${version//[^A-Za-z0-9.+-]/_}"
+  if [ ! -x "$dir/usr/bin/promtool" ]; then
+    log "extracting promtool from prometheus $version"
+    tmp=$(mktemp -d)
+    chown _apt "$tmp" 2>/dev/null || true  # apt-get download fetches as _apt when it can
+    (cd "$tmp" && apt-get download -qq "prometheus=$version") || { rm -rf "$tmp"; die "apt-get download prometheus=$version failed"; }
+    rm -rf "$dir" "$dir.part" && mkdir -p "$dir.part"
+    dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$dir.part" ./usr/bin/promtool
+    rm -rf "$tmp"
+    mv "$dir.part" "$dir"
+  fi
+  mkdir -p "$cache_dir/bin"
+  ln -sfn "$dir/usr/bin/promtool" "$cache_dir/bin/promtool"
+}
+
 main() {
   mkdir -p "$cache_dir"
   install_host_packages
   fix_cgroup_controllers
+  install_promtool
   build_venv
 }
 
