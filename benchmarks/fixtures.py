@@ -184,6 +184,17 @@ class Tree:
         return self.python("backup_cli", "--config", config_path)
 
 
+def describe_trees(trees):
+    """Print the interpreter the engines run on, and each tree's path and commit (-dirty: with local edits)."""
+    version = subprocess.run(["python3", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    print(f"engines run on {shutil.which('python3')} ({version})")
+    for tree in trees:
+        head = subprocess.run(
+            ["git", "-C", tree.path, "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        print(f"tree {tree.label}: {tree.path} ({head or 'not a git checkout'})")
+
+
 def add_tree_arguments(parser):
     parser.add_argument(
         "--tree",

@@ -147,8 +147,7 @@ def main():
         trees = fixtures.trees(args, work)
         size = f"{args.size_mb} MiB" if args.size_mb else "quick sizes"
         print(f"restore benchmark, {size}, {args.pairs} pairs after {args.warmup} warm-up round(s)")
-        for tree in trees:
-            print(f"tree {tree.label}: {tree.path}")
+        fixtures.describe_trees(trees)
         if args.engine in ("sqlite", "both"):
             bench_sqlite(args, trees, work, verdicts)
         if args.engine in ("postgresql", "both"):
