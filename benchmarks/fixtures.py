@@ -172,7 +172,8 @@ class Tree:
 
     def env(self):
         """The environment in which ``import tradingbot_ops`` finds this tree's package."""
-        return dict(os.environ, PYTHONPATH=str(self.lib))
+        # Bytecode goes to the run's own directory: never into a tree, warm after the warm-up round.
+        return dict(os.environ, PYTHONPATH=str(self.lib), PYTHONPYCACHEPREFIX=str(self.lib.parent / "pycache"))
 
     def python(self, module, *args):
         """argv and env that run ``python3 -m tradingbot_ops.<module>`` from this tree."""
