@@ -15,7 +15,8 @@ Ours runs in a subprocess per restore (benchmarks/restore_driver.py, with the tr
 plugins/module_utils as ``tradingbot_ops``), from each --tree and from this checkout. Its time
 includes everything the engine does: SHA-256 and full decode against the manifest, the restore
 into a candidate, fsync, the integrity check and per-table row counts, the safety copy and the
-swap. Untimed between runs: the safety copy is removed, the shell's target emptied.
+swap. Untimed between runs: the safety copy is removed, the shell's target emptied, and
+``sync`` writes back what the previous run left dirty, so no side pays for another's writes.
 
 The backup is made once by the first tree's host CLI (so an older tree's backup is what newer
 code restores) and cached beside the data. Targets, checked on this checkout: time ratio
@@ -24,6 +25,7 @@ code restores) and cached beside the data. Targets, checked on this checkout: ti
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -66,7 +68,7 @@ def ours_side(tree, options, work, discard):
         discard(json.loads(result_path.read_text(encoding="utf-8"))["safety_copy"])
         return sample
 
-    return harness.Side(f"ours ({tree.label})", run)
+    return harness.Side(f"ours ({tree.label})", run, prepare=os.sync)
 
 
 def judge(results, engine, baseline, trees, verdicts):
@@ -93,7 +95,7 @@ def bench_sqlite(args, trees, work, verdicts):
     baseline = harness.Side(
         "baseline: gunzip -c > DB",
         lambda: harness.run_command(["sh", "-c", shell_cmd]),
-        prepare=lambda: shell_out.unlink(missing_ok=True),
+        prepare=lambda: (shell_out.unlink(missing_ok=True), os.sync()),
     )
     options = {"engine": "sqlite", "database": str(live), "backup_dir": str(backup_dir)}
     sides = [baseline] + [ours_side(tree, options, work, lambda path: Path(path).unlink()) for tree in trees]
@@ -116,6 +118,7 @@ def bench_postgres(args, trees, work, verdicts):
         def fresh_shell_database():
             cluster.drop("shell")
             cluster.as_postgres(cluster.client("createdb", "shell"))
+            os.sync()
 
         baseline = harness.Side(
             "baseline: gunzip -c | psql",
