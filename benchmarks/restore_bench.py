@@ -92,10 +92,13 @@ def bench_sqlite(args, trees, work, verdicts):
     shutil.copyfile(source, live)  # the database restored over
     shell_out = Path(work) / "shell.db"
     shell_cmd = f"gunzip -c {shlex.quote(str(backup))} > {shlex.quote(str(shell_out))}"
+
+    def empty_shell_target():
+        shell_out.unlink(missing_ok=True)
+        os.sync()
+
     baseline = harness.Side(
-        "baseline: gunzip -c > DB",
-        lambda: harness.run_command(["sh", "-c", shell_cmd]),
-        prepare=lambda: (shell_out.unlink(missing_ok=True), os.sync()),
+        "baseline: gunzip -c > DB", lambda: harness.run_command(["sh", "-c", shell_cmd]), prepare=empty_shell_target
     )
     options = {"engine": "sqlite", "database": str(live), "backup_dir": str(backup_dir)}
     sides = [baseline] + [ours_side(tree, options, work, lambda path: Path(path).unlink()) for tree in trees]
