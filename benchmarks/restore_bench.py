@@ -75,8 +75,9 @@ def judge(results, engine, baseline, trees, verdicts):
     print(results.table(reference=baseline))
     this = f"ours ({trees[-1].label})"
     for tree in trees[:-1]:
-        before_after = results.ratio(this, f"ours ({tree.label})")
-        print(f"{engine}: {trees[-1].label} / {tree.label} time ratio {before_after:.2f}")
+        other = f"ours ({tree.label})"
+        time_ratio, cpu_ratio = results.ratio(this, other), results.ratio(this, other, "cpu_s")
+        print(f"{engine}: {trees[-1].label} / {tree.label} time ratio {time_ratio:.2f}, CPU ratio {cpu_ratio:.2f}")
     for limit, source in TARGETS:
         verdicts.check(f"{engine} restore time ratio ({source})", results.ratio(this, baseline), limit)
     verdicts.check(f"{engine} restore peak RSS MiB", results.worst(this), RSS_LIMIT_MIB)
