@@ -77,7 +77,10 @@ def judge(results, engine, baseline, *, trees, modes, verdicts):
     for tree in trees[:-1]:
         for mode in modes:
             mine, theirs = f"ours {mode} ({this.label})", f"ours {mode} ({tree.label})"
-            print(f"{engine} {mode}: {this.label} / {tree.label} time ratio {results.ratio(mine, theirs):.2f}")
+            time_ratio, cpu_ratio = results.ratio(mine, theirs), results.ratio(mine, theirs, "cpu_s")
+            print(
+                f"{engine} {mode}: {this.label} / {tree.label} time ratio {time_ratio:.2f}, CPU ratio {cpu_ratio:.2f}"
+            )
     for mode in modes:
         side = f"ours {mode} ({this.label})"
         limit = 1.0 if mode == "gzip" else ZSTD_TARGET[engine]
@@ -129,8 +132,7 @@ def main():
         trees = fixtures.trees(args, work)
         size = f"{args.size_mb} MiB" if args.size_mb else "quick sizes"
         print(f"backup benchmark, {size}, {args.pairs} pairs after {args.warmup} warm-up round(s)")
-        for tree in trees:
-            print(f"tree {tree.label}: {tree.path}")
+        fixtures.describe_trees(trees)
         if args.engine in ("sqlite", "both"):
             bench_sqlite(args, trees, work, verdicts)
         if args.engine in ("postgresql", "both"):

@@ -172,7 +172,8 @@ class Tree:
 
     def env(self):
         """The environment in which ``import tradingbot_ops`` finds this tree's package."""
-        return dict(os.environ, PYTHONPATH=str(self.lib))
+        # Bytecode goes to the run's own directory: never into a tree, warm after the warm-up round.
+        return dict(os.environ, PYTHONPATH=str(self.lib), PYTHONPYCACHEPREFIX=str(self.lib.parent / "pycache"))
 
     def python(self, module, *args):
         """argv and env that run ``python3 -m tradingbot_ops.<module>`` from this tree."""
@@ -182,6 +183,17 @@ class Tree:
         """argv and env of one backup through the host CLI, with ``config`` written to ``config_path``."""
         Path(config_path).write_text(json.dumps(config), encoding="utf-8")
         return self.python("backup_cli", "--config", config_path)
+
+
+def describe_trees(trees):
+    """Print the interpreter the engines run on, and each tree's path and commit (-dirty: with local edits)."""
+    version = subprocess.run(["python3", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    print(f"engines run on {shutil.which('python3')} ({version})")
+    for tree in trees:
+        head = subprocess.run(
+            ["git", "-C", tree.path, "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        print(f"tree {tree.label}: {tree.path} ({head or 'not a git checkout'})")
 
 
 def add_tree_arguments(parser):

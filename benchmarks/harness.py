@@ -61,7 +61,7 @@ def loadavg():
         return "unknown"
 
 
-def run_command(argv, *, env=None, cwd=None, stdout=subprocess.DEVNULL, stdin=None):
+def run_command(argv, *, env=None, cwd=None, stdout=subprocess.DEVNULL, stderr=None, stdin=None):
     """Run ``argv`` to completion; return its sample: wall seconds, CPU seconds and peak RSS.
 
     wait4's usage covers the child and every descendant it reaped, so a shell pipeline counts
@@ -72,7 +72,7 @@ def run_command(argv, *, env=None, cwd=None, stdout=subprocess.DEVNULL, stdin=No
     with tempfile.NamedTemporaryFile(mode="r", prefix="bench-rss-") as rss_file:
         wrapped = [GNU_TIME, "-f", "%M", "-o", rss_file.name, *map(str, argv)] if GNU_TIME else list(argv)
         started = time.monotonic()
-        proc = subprocess.Popen(wrapped, env=env, cwd=cwd, stdout=stdout, stdin=stdin)
+        proc = subprocess.Popen(wrapped, env=env, cwd=cwd, stdout=stdout, stderr=stderr, stdin=stdin)
         _pid, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.monotonic() - started
         peak_kib = int(rss_file.read().split()[-1]) if GNU_TIME else usage.ru_maxrss

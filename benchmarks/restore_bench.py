@@ -15,7 +15,8 @@ Ours runs in a subprocess per restore (benchmarks/restore_driver.py, with the tr
 plugins/module_utils as ``tradingbot_ops``), from each --tree and from this checkout. Its time
 includes everything the engine does: SHA-256 and full decode against the manifest, the restore
 into a candidate, fsync, the integrity check and per-table row counts, the safety copy and the
-swap. Untimed between runs: the safety copy is removed, the shell's target emptied.
+swap. Untimed between runs: the safety copy is removed, the shell's target emptied, and
+``sync`` writes back what the previous run left dirty, so no side pays for another's writes.
 
 The backup is made once by the first tree's host CLI (so an older tree's backup is what newer
 code restores) and cached beside the data. Targets, checked on this checkout: time ratio
@@ -24,6 +25,7 @@ code restores) and cached beside the data. Targets, checked on this checkout: ti
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -66,15 +68,16 @@ def ours_side(tree, options, work, discard):
         discard(json.loads(result_path.read_text(encoding="utf-8"))["safety_copy"])
         return sample
 
-    return harness.Side(f"ours ({tree.label})", run)
+    return harness.Side(f"ours ({tree.label})", run, prepare=os.sync)
 
 
 def judge(results, engine, baseline, trees, verdicts):
     print(results.table(reference=baseline))
     this = f"ours ({trees[-1].label})"
     for tree in trees[:-1]:
-        before_after = results.ratio(this, f"ours ({tree.label})")
-        print(f"{engine}: {trees[-1].label} / {tree.label} time ratio {before_after:.2f}")
+        other = f"ours ({tree.label})"
+        time_ratio, cpu_ratio = results.ratio(this, other), results.ratio(this, other, "cpu_s")
+        print(f"{engine}: {trees[-1].label} / {tree.label} time ratio {time_ratio:.2f}, CPU ratio {cpu_ratio:.2f}")
     for limit, source in TARGETS:
         verdicts.check(f"{engine} restore time ratio ({source})", results.ratio(this, baseline), limit)
     verdicts.check(f"{engine} restore peak RSS MiB", results.worst(this), RSS_LIMIT_MIB)
@@ -90,10 +93,13 @@ def bench_sqlite(args, trees, work, verdicts):
     shutil.copyfile(source, live)  # the database restored over
     shell_out = Path(work) / "shell.db"
     shell_cmd = f"gunzip -c {shlex.quote(str(backup))} > {shlex.quote(str(shell_out))}"
+
+    def empty_shell_target():
+        shell_out.unlink(missing_ok=True)
+        os.sync()
+
     baseline = harness.Side(
-        "baseline: gunzip -c > DB",
-        lambda: harness.run_command(["sh", "-c", shell_cmd]),
-        prepare=lambda: shell_out.unlink(missing_ok=True),
+        "baseline: gunzip -c > DB", lambda: harness.run_command(["sh", "-c", shell_cmd]), prepare=empty_shell_target
     )
     options = {"engine": "sqlite", "database": str(live), "backup_dir": str(backup_dir)}
     sides = [baseline] + [ours_side(tree, options, work, lambda path: Path(path).unlink()) for tree in trees]
@@ -116,6 +122,7 @@ def bench_postgres(args, trees, work, verdicts):
         def fresh_shell_database():
             cluster.drop("shell")
             cluster.as_postgres(cluster.client("createdb", "shell"))
+            os.sync()
 
         baseline = harness.Side(
             "baseline: gunzip -c | psql",
@@ -147,8 +154,7 @@ def main():
         trees = fixtures.trees(args, work)
         size = f"{args.size_mb} MiB" if args.size_mb else "quick sizes"
         print(f"restore benchmark, {size}, {args.pairs} pairs after {args.warmup} warm-up round(s)")
-        for tree in trees:
-            print(f"tree {tree.label}: {tree.path}")
+        fixtures.describe_trees(trees)
         if args.engine in ("sqlite", "both"):
             bench_sqlite(args, trees, work, verdicts)
         if args.engine in ("postgresql", "both"):
