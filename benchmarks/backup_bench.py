@@ -1,291 +1,140 @@
-"""Benchmark db_backup's engine against the original shell pipelines, in the same run.
+"""Benchmark db_backup's engine against the original shell pipelines, alternating in one run.
 
     python3 benchmarks/backup_bench.py                      # 1 GiB SQLite and 1 GiB PostgreSQL
-    python3 benchmarks/backup_bench.py --size-mb 128        # a quick run
-    python3 benchmarks/backup_bench.py --engine sqlite
+    python3 benchmarks/backup_bench.py --quick              # 32 MiB SQLite, 128 MiB PostgreSQL
+    python3 benchmarks/backup_bench.py --engine sqlite --pairs 5
+    python3 benchmarks/backup_bench.py --tree /tmp/before   # before and after in the same run
 
 Baselines (the original script's pipelines):
   SQLite:      sqlite3 DB ".backup X" && gzip X
   PostgreSQL:  pg_dump DB | gzip > X
 Ours runs as the backup timer does (``python3 -m tradingbot_ops.backup_cli``), verification
 (integrity check or pg_dump snapshot row counts, full decode, SHA-256) included, in gzip and
-zstd modes. Printed per mode: wall time, output size, peak RSS (the largest process of the
-tree, from wait4), and the ratios against the baseline.
+zstd modes, from each --tree and from this checkout. The sides alternate (benchmarks/harness.py):
+a warm-up round, then --pairs rounds; per side the median and min-max of wall time, CPU time,
+peak RSS (the largest process of the tree, from wait4) and output size, and the median of the
+per-round ratios against the baseline.
 
-Targets (issue 4): gzip time ratio <= 1.0; zstd time ratio <= 0.4 with a smaller output;
-peak RSS <= 64 MiB.
-
-Data is generated deterministically and cached under /root/.cache/tradingbot-ops/bench-data
-(SQLite: a trades table with random order ids, ~100 bytes a row, compresses about 2x;
-PostgreSQL: pgbench at a scale proportional to the size, in a cluster kept in the cache and
-started for the run). Needs root (initdb runs via runuser -u postgres), sqlite3, gzip, zstd
-and PostgreSQL 15 in /usr/lib/postgresql/15/bin.
+Targets (issues 4 and 16), checked on this checkout: gzip time ratio <= 1.0; zstd time ratio
+<= 0.4 for SQLite and <= 0.75 for PostgreSQL, with a smaller output; peak RSS <= 64 MiB.
+Data: benchmarks/fixtures.py. Needs root, sqlite3, gzip, zstd and PostgreSQL 15.
 """
 
 import argparse
-import json
-import os
-import pwd
-import random
 import shlex
 import shutil
-import sqlite3
-import subprocess
 import sys
 import tempfile
-import time
+from pathlib import Path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CACHE = os.environ.get("TRADINGBOT_BENCH_CACHE", "/root/.cache/tradingbot-ops/bench-data")
-PG_BIN = os.environ.get("TRADINGBOT_PG_BIN_DIR", "/usr/lib/postgresql/15/bin")
-PG_PORT = 55439
-# The cluster cannot live under /root: the postgres user cannot traverse it.
-PG_CACHE = os.environ.get("TRADINGBOT_BENCH_PG_CACHE", "/var/tmp/tradingbot-ops/bench-data")  # noqa: S108
-SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "AVAXUSDT"]
-# pgbench at scale 70 is 1054 MB (measured here).
-PG_MB_PER_SCALE = 1054 / 70
-MIB = 1024 * 1024
+import fixtures
+import harness
+
+# pgbench dumps fast for its size: at 32 MiB the fixed costs (interpreter start, psql) would
+# be all a quick PostgreSQL run measures.
+QUICK_MB = {"sqlite": 32, "postgresql": 128}
+ZSTD_TARGET = {"sqlite": 0.4, "postgresql": 0.75}
+RSS_LIMIT_MIB = 64
 
 
-def log(message):
-    print(message, file=sys.stderr, flush=True)
+def with_output(sample, path):
+    """Add the output's size to a sample, then remove the output."""
+    sample["output_mib"] = path.stat().st_size / fixtures.MIB
+    path.unlink()
+    return sample
 
 
-def run_measured(argv, env=None, stdout=None):
-    """Run a command; return (seconds, peak RSS in MiB of the largest process in its tree).
+def baseline_side(name, script, out, *script_args):
+    """A shell pipeline writing ``out``; ``script`` gets ``script_args`` as $1, $2 ..."""
 
-    CPU seconds of the tree (user + system) go to stderr: on a shared machine they show the
-    work done when wall times are disturbed by other load.
-    """
-    started = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=stdout)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.monotonic() - started
-    # wait4's usage covers the child and the descendants it reaped: the whole pipeline.
-    cpu = usage.ru_utime + usage.ru_stime
-    log(f"  {elapsed:.2f} s wall, {cpu:.2f} s CPU")
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed (exit {proc.returncode}): {shlex.join(argv)}")
-    return elapsed, usage.ru_maxrss / 1024
+    def run():
+        return with_output(harness.run_command(["bash", "-c", "set -o pipefail; " + script, "sh", *script_args]), out)
+
+    return harness.Side(name, run, prepare=lambda: out.unlink(missing_ok=True))
 
 
-# --- data ------------------------------------------------------------------------------------
+def ours_side(tree, config, mode, work):
+    """One verified backup by ``tree``'s host CLI, into a directory emptied before each run."""
+    backup_dir = Path(work) / f"ours-{tree.label}-{mode}"
+    config = dict(config, compression=mode, backup_dir=str(backup_dir), retention_days=0, lock_timeout=0)
+    argv, env = tree.backup_command(config, Path(work) / f"backup-{tree.label}-{mode}.json")
+
+    def prepare():
+        shutil.rmtree(backup_dir, ignore_errors=True)
+
+    def run():
+        sample = harness.run_command(argv, env=env)
+        (output,) = [p for p in backup_dir.iterdir() if p.name.endswith((".gz", ".zst"))]
+        return with_output(sample, output)
+
+    return harness.Side(f"ours {mode} ({tree.label})", run, prepare=prepare)
 
 
-def sqlite_db(size_mb):
-    path = os.path.join(CACHE, f"trades-{size_mb}mb.db")
-    if os.path.exists(path):
-        return path
-    os.makedirs(CACHE, exist_ok=True)
-    log(f"generating {path} (deterministic, seed 42)")
-    rows = size_mb * 10_000
-    rng = random.Random(42)
-    tmp = path + ".tmp"
-    if os.path.exists(tmp):
-        os.unlink(tmp)
-    conn = sqlite3.connect(tmp)
-    conn.execute("PRAGMA journal_mode=OFF")
-    conn.execute("PRAGMA synchronous=OFF")
-    conn.execute(
-        "CREATE TABLE trades (id INTEGER PRIMARY KEY, order_id TEXT, symbol TEXT, side TEXT,"
-        " price REAL, qty REAL, fee REAL, ts INTEGER, note TEXT)"
-    )
-
-    def generate():
-        for i in range(rows):
-            yield (
-                i,
-                f"{rng.getrandbits(64):016x}{rng.getrandbits(32):08x}",
-                SYMBOLS[i % len(SYMBOLS)],
-                "buy" if rng.random() < 0.5 else "sell",
-                round(20000 + rng.random() * 50000, 2),
-                round(rng.random() * 3, 6),
-                round(rng.random(), 6),
-                1_700_000_000_000 + i * 37,
-                "strategy=momentum",
-            )
-
-    conn.executemany("INSERT INTO trades VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", generate())
-    conn.commit()
-    conn.execute("CREATE INDEX trades_ts ON trades (ts)")
-    conn.commit()
-    conn.close()
-    os.rename(tmp, path)
-    return path
-
-
-class Cluster:
-    """A PostgreSQL 15 cluster kept in the cache; local connections are trusted (benchmark only)."""
-
-    def __init__(self, scale):
-        self.root = os.path.join(PG_CACHE, f"pg-scale{scale}")
-        self.data = os.path.join(self.root, "data")
-        self.sock = os.path.join(self.root, "sock")
-        self.scale = scale
-
-    def _pg(self, argv, **kwargs):
-        return subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, **kwargs)
-
-    def start(self):
-        entry = pwd.getpwnam("postgres")
-        fresh = not os.path.exists(os.path.join(self.data, "PG_VERSION"))
-        if fresh:
-            shutil.rmtree(self.root, ignore_errors=True)
-            os.makedirs(PG_CACHE, exist_ok=True)
-            for path in (self.root, self.data, self.sock):
-                os.makedirs(path, 0o700, exist_ok=True)
-                os.chown(path, entry.pw_uid, entry.pw_gid)
-            os.chmod(self.root, 0o755)  # noqa: S103 - the postgres user must traverse it
-            os.chmod(os.path.dirname(self.root), 0o755)  # noqa: S103 - same
-            initdb = [f"{PG_BIN}/initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "--no-sync"]
-            self._pg(initdb, stdout=subprocess.DEVNULL)
-            with open(os.path.join(self.data, "postgresql.auto.conf"), "a", encoding="utf-8") as conf:
-                conf.write(f"listen_addresses = ''\nport = {PG_PORT}\nunix_socket_directories = '{self.sock}'\n")
-        log_file = os.path.join(self.root, "server.log")
-        self._pg([f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", log_file, "-w", "start"], stdout=subprocess.DEVNULL)
-        if fresh or not os.path.exists(os.path.join(self.root, "loaded")):
-            log(f"loading pgbench scale {self.scale} (deterministic)")
-            self._pg([f"{PG_BIN}/createdb", "-h", self.sock, "-p", str(PG_PORT), "bench"])
-            self._pg(
-                [f"{PG_BIN}/pgbench", "-i", "-q", "-s", str(self.scale), "-h", self.sock, "-p", str(PG_PORT), "bench"]
-            )
-            open(os.path.join(self.root, "loaded"), "w").close()
-        return self
-
-    def stop(self):
-        self._pg([f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", "fast", "stop"], stdout=subprocess.DEVNULL)
-
-    def size_mb(self):
-        out = self._pg(
-            [
-                f"{PG_BIN}/psql",
-                "-h",
-                self.sock,
-                "-p",
-                str(PG_PORT),
-                "-At",
-                "-c",
-                "SELECT pg_database_size('bench')",
-                "bench",
-            ],
-            capture_output=True,
-        ).stdout
-        return int(out) / MIB
-
-
-# --- runs ------------------------------------------------------------------------------------
-
-
-def ours(config, work):
-    lib = os.path.join(work, "lib")
-    if not os.path.exists(lib):
-        os.makedirs(lib)
-        os.symlink(os.path.join(REPO, "plugins", "module_utils"), os.path.join(lib, "tradingbot_ops"))
-    backup_dir = os.path.join(work, "ours")
-    shutil.rmtree(backup_dir, ignore_errors=True)
-    config = dict(config, backup_dir=backup_dir, retention_days=0, lock_timeout=0)
-    config_path = os.path.join(work, "backup.json")
-    with open(config_path, "w", encoding="utf-8") as handle:
-        json.dump(config, handle)
-    env = dict(os.environ, PYTHONPATH=lib)
-    argv = ["python3", "-m", "tradingbot_ops.backup_cli", "--config", config_path]
-    seconds, rss = run_measured(argv, env=env, stdout=subprocess.DEVNULL)
-    (name,) = [n for n in os.listdir(backup_dir) if n.endswith((".gz", ".zst"))]
-    size = os.path.getsize(os.path.join(backup_dir, name))
-    shutil.rmtree(backup_dir)
-    return seconds, size, rss
-
-
-def report(title, source_mb, baseline, results, reproduce):
-    base_time, base_size, base_rss = baseline
-    print(f"\n== {title}: source {source_mb:.0f} MiB")
-    print(f"{'run':<34}{'time s':>9}{'output MiB':>12}{'peak RSS MiB':>14}{'time ratio':>12}{'size ratio':>12}")
-    base_row = f"{base_time:>9.2f}{base_size / MIB:>12.1f}{base_rss:>14.1f}{'1.00':>12}{'1.00':>12}"
-    print(f"{'baseline (shell pipeline)':<34}{base_row}")
-    verdicts = []
-    for mode, (seconds, size, rss) in results.items():
-        time_ratio, size_ratio = seconds / base_time, size / base_size
-        print(
-            f"{'ours ' + mode + ' (verified)':<34}{seconds:>9.2f}{size / MIB:>12.1f}{rss:>14.1f}"
-            f"{time_ratio:>12.2f}{size_ratio:>12.2f}"
-        )
-        if mode == "gzip":
-            verdicts.append(("gzip time ratio <= 1.0", time_ratio <= 1.0))
-        else:
-            verdicts.append(("zstd time ratio <= 0.4", time_ratio <= 0.4))
-            verdicts.append(("zstd output smaller", size_ratio < 1.0))
-        verdicts.append((f"{mode} peak RSS <= 64 MiB", rss <= 64))
-    for label, ok in verdicts:
-        print(f"  {'PASS' if ok else 'FAIL'}  {label}")
-    print(f"reproduce: {reproduce}")
-    return all(ok for _label, ok in verdicts)
-
-
-def bench_sqlite(size_mb, work, modes, reproduce):
-    db = sqlite_db(size_mb)
-    source_mb = os.path.getsize(db) / MIB
-    subprocess.run(["cat", db], stdout=subprocess.DEVNULL, check=True)  # same warm cache for every run
-    out = os.path.join(work, "baseline.db")
-    for leftover in (out, out + ".gz"):
-        if os.path.exists(leftover):
-            os.unlink(leftover)
-    log("sqlite baseline: sqlite3 .backup && gzip")
-    seconds, rss = run_measured(["sh", "-c", 'sqlite3 "$1" ".backup $2" && gzip "$2"', "sh", db, out])
-    baseline = (seconds, os.path.getsize(out + ".gz"), rss)
-    os.unlink(out + ".gz")
-    results = {}
-    for mode in modes:
-        log(f"sqlite ours: {mode}")
-        results[mode] = ours({"engine": "sqlite", "database": db, "compression": mode}, work)
-    return report("SQLite", source_mb, baseline, results, reproduce)
-
-
-def bench_postgres(size_mb, work, modes, reproduce):
-    scale = max(1, round(size_mb / PG_MB_PER_SCALE))
-    cluster = Cluster(scale).start()
-    try:
-        source_mb = cluster.size_mb()
-        conn = ["-h", cluster.sock, "-p", str(PG_PORT), "-U", "postgres"]
-        out = os.path.join(work, "baseline.sql.gz")
-        log("postgres baseline: pg_dump | gzip")
-        pipeline = f"{shlex.join([f'{PG_BIN}/pg_dump', *conn, 'bench'])} | gzip > {shlex.quote(out)}"
-        seconds, rss = run_measured(["bash", "-c", "set -o pipefail; " + pipeline])
-        baseline = (seconds, os.path.getsize(out), rss)
-        os.unlink(out)
-        results = {}
+def judge(results, engine, baseline, *, trees, modes, verdicts):
+    """Print the table, the before/after ratios, and add this checkout's targets."""
+    print(results.table(reference=baseline))
+    this = trees[-1]
+    for tree in trees[:-1]:
         for mode in modes:
-            log(f"postgres ours: {mode}")
-            config = {
-                "engine": "postgresql",
-                "database": "bench",
-                "compression": mode,
-                "pg_host": cluster.sock,
-                "pg_port": PG_PORT,
-                "pg_user": "postgres",
-                "pg_bin_dir": PG_BIN,
-            }
-            results[mode] = ours(config, work)
-        return report("PostgreSQL", source_mb, baseline, results, reproduce)
-    finally:
-        cluster.stop()
+            mine, theirs = f"ours {mode} ({this.label})", f"ours {mode} ({tree.label})"
+            print(f"{engine} {mode}: {this.label} / {tree.label} time ratio {results.ratio(mine, theirs):.2f}")
+    for mode in modes:
+        side = f"ours {mode} ({this.label})"
+        limit = 1.0 if mode == "gzip" else ZSTD_TARGET[engine]
+        verdicts.check(f"{engine} {mode} time ratio", results.ratio(side, baseline), limit)
+        if mode == "zstd":
+            verdicts.check(f"{engine} zstd output ratio", results.ratio(side, baseline, "output_mib"), 1.0)
+        verdicts.check(f"{engine} {mode} peak RSS MiB", results.worst(side), RSS_LIMIT_MIB)
+
+
+def bench_sqlite(args, trees, work, verdicts):
+    db = fixtures.sqlite_db(args.size_mb or QUICK_MB["sqlite"])
+    fixtures.warm(db)
+    print(f"\n== SQLite: source {db.stat().st_size / fixtures.MIB:.0f} MiB ({db})")
+    out = Path(work) / "baseline.db"
+    gz = out.with_name(out.name + ".gz")
+    baseline = baseline_side("baseline: sqlite3 .backup + gzip", 'sqlite3 "$1" ".backup $2" && gzip "$2"', gz, db, out)
+    config = {"engine": "sqlite", "database": str(db)}
+    sides = [baseline] + [ours_side(tree, config, mode, work) for tree in trees for mode in args.modes]
+    results = harness.alternate(sides, pairs=args.pairs, warmup=args.warmup)
+    judge(results, "sqlite", baseline.name, trees=trees, modes=args.modes, verdicts=verdicts)
+
+
+def bench_postgres(args, trees, work, verdicts):
+    with fixtures.Cluster(args.size_mb or QUICK_MB["postgresql"]) as cluster:
+        print(f"\n== PostgreSQL: source {cluster.size_mb():.0f} MiB (pgbench scale {cluster.scale})")
+        out = Path(work) / "baseline.sql.gz"
+        dump = shlex.join(cluster.client("pg_dump", "bench"))
+        baseline = baseline_side("baseline: pg_dump | gzip", f'{dump} | gzip > "$1"', out, out)
+        config = dict(cluster.params(), engine="postgresql")
+        sides = [baseline] + [ours_side(tree, config, mode, work) for tree in trees for mode in args.modes]
+        results = harness.alternate(sides, pairs=args.pairs, warmup=args.warmup)
+        judge(results, "postgresql", baseline.name, trees=trees, modes=args.modes, verdicts=verdicts)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
-    parser.add_argument("--size-mb", type=int, default=1024, help="source size in MiB (default 1024)")
+    harness.add_arguments(parser, quick_help="32 MiB SQLite, 128 MiB PostgreSQL (unless --size-mb): under 2 minutes")
+    fixtures.add_tree_arguments(parser)
+    parser.add_argument("--size-mb", type=int, help="source size in MiB (default 1024)")
     parser.add_argument("--engine", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--modes", default="gzip,zstd", help="comma-separated: gzip,zstd")
     args = parser.parse_args()
-    modes = [m for m in args.modes.split(",") if m]
-    reproduce = "python3 benchmarks/backup_bench.py " + shlex.join(sys.argv[1:])
-    ok = True
-    with tempfile.TemporaryDirectory(prefix="backup-bench-", dir=os.path.dirname(CACHE)) as work:
+    if not args.quick:
+        args.size_mb = args.size_mb or 1024
+    args.modes = [m for m in args.modes.split(",") if m]
+    verdicts = harness.Verdicts()
+    fixtures.CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="backup-bench-", dir=fixtures.CACHE.parent) as work:
+        trees = fixtures.trees(args, work)
+        size = f"{args.size_mb} MiB" if args.size_mb else "quick sizes"
+        print(f"backup benchmark, {size}, {args.pairs} pairs after {args.warmup} warm-up round(s)")
+        fixtures.describe_trees(trees)
         if args.engine in ("sqlite", "both"):
-            ok &= bench_sqlite(args.size_mb, work, modes, reproduce)
+            bench_sqlite(args, trees, work, verdicts)
         if args.engine in ("postgresql", "both"):
-            ok &= bench_postgres(args.size_mb, work, modes, reproduce)
-    return 0 if ok else 1
+            bench_postgres(args, trees, work, verdicts)
+    return harness.finish(verdicts, harness.reproduce(__file__))
 
 
 if __name__ == "__main__":
