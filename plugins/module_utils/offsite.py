@@ -59,7 +59,7 @@ from .encryption import (
     recipient_fingerprint,
 )
 from .errors import RestoreError, StorageError, TradingbotError
-from .storage.s3 import DEFAULT_PART_SIZE, S3Storage, load_credentials
+from .storage.s3 import DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, S3Storage, load_credentials
 
 CIPHERTEXT_SUFFIX = ".age"
 OFFSITE_FORMAT_VERSION = 1
@@ -83,6 +83,7 @@ OFFSITE_OPTIONS = {
     "s3_credentials_file": {"type": "path"},
     "s3_credential_name": {"type": "str", "default": "offsite-s3"},
     "s3_part_size_mib": {"type": "int", "default": DEFAULT_PART_SIZE // (1024 * 1024)},
+    "s3_upload_concurrency": {"type": "int", "default": DEFAULT_CONCURRENCY},
     "s3_max_attempts": {"type": "int", "default": 5},
     "s3_connect_timeout": {"type": "int", "default": 10},
     "s3_read_timeout": {"type": "int", "default": 60},
@@ -152,6 +153,7 @@ def open_storage(opts, lock=True):
         ca_bundle=opts["s3_ca_bundle"],
         lock_seconds=opts["object_lock_days"] * DAY if lock else 0,
         part_size=opts["s3_part_size_mib"] * 1024 * 1024,
+        concurrency=opts["s3_upload_concurrency"],
         max_attempts=opts["s3_max_attempts"],
         connect_timeout=opts["s3_connect_timeout"],
         read_timeout=opts["s3_read_timeout"],
@@ -327,7 +329,7 @@ def _read_metrics(path):
     with contextlib.suppress(OSError), open(path, encoding="utf-8") as handle:
         for line in handle:
             if line.startswith(METRIC_PREFIX):
-                name, _, value = line.rpartition(" ")
+                name, _space, value = line.rpartition(" ")
                 with contextlib.suppress(ValueError):
                     values[name.split("{")[0][len(METRIC_PREFIX) :]] = float(value)
     return values

@@ -52,7 +52,7 @@ def weed_binary():
 def free_ports(count):
     sockets = []
     try:
-        for _ in range(count):
+        for _port in range(count):
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             sockets.append(sock)

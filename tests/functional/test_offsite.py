@@ -228,16 +228,24 @@ def test_every_verified_backup_is_copied_encrypted_and_a_second_run_changes_noth
     assert again["copied"] == [] and again["changed"] is False
 
 
-def test_a_backup_larger_than_a_part_goes_up_in_parts_and_comes_back_whole(s3, keys, tmp_path):
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_backup_larger_than_a_part_goes_up_in_parts_and_comes_back_whole(s3, keys, tmp_path, concurrency):
     db = tmp_path / "big.db"
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE blobs (b BLOB)")
-    conn.executemany("INSERT INTO blobs VALUES (?)", [(os.urandom(64 * 1024),) for _ in range(200)])  # 12.5 MiB
+    conn.executemany("INSERT INTO blobs VALUES (?)", [(os.urandom(64 * 1024),) for _row in range(200)])  # 12.5 MiB
     conn.commit()
     conn.close()
     backup_dir = tmp_path / "backups"
     path = backup(str(db), backup_dir)
-    opts = options(s3, backup_dir, keys["good"]["recipient"], tmp_path, s3_part_size_mib=5)
+    opts = options(
+        s3,
+        backup_dir,
+        keys["good"]["recipient"],
+        tmp_path,
+        s3_part_size_mib=5,
+        s3_upload_concurrency=concurrency,
+    )
     run_copy(opts)
     name = os.path.basename(path)
     store = storage_for(opts)
@@ -374,9 +382,10 @@ def test_an_outage_fails_clearly_opens_the_breaker_and_the_next_run_catches_up(
         started = time.monotonic()
         with pytest.raises(OffsiteError, match="not tried: circuit breaker 'offsite_s3' is open"):
             run_copy(opts)
-        assert time.monotonic() - started < 0.5, "an open breaker fails fast"
+        # No call is made: the time is the job's own start-up (a boto3 client), not a network wait.
+        assert time.monotonic() - started < 1.5, "an open breaker fails fast"
         with open(tmp_path / "breaker.json", encoding="utf-8") as handle:
-            assert "offsite_s3" in json.load(handle), "the state is in the shared file"
+            assert json.load(handle)["offsite_s3"]["state"] == "open", "the state is in the shared file"
 
         store.start()
         time.sleep(3.1)  # the breaker's timeout: the next run is its probe
