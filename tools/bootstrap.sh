@@ -13,6 +13,9 @@ host_packages=(
   # iptables: netavark fails with "No such file or directory" without it.
   podman crun conmon fuse-overlayfs netavark aardvark-dns slirp4netns uidmap catatonit
   iptables debootstrap zstd sqlite3 logrotate systemd git rsync postgresql-15 postgresql-client-15
+  # Off-site copies: age encrypts on the host, python3-boto3 is the hosts' S3 client (the
+  # tests run the host CLI under /usr/bin/python3), rclone is the benchmark's baseline.
+  age python3-boto3 rclone
 )
 
 install_host_packages() {
