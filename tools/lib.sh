@@ -21,7 +21,7 @@ use_toolchain() {
   mkdir -p "$user_collections"
   [ -L "$user_collections/ops" ] || rm -rf "$user_collections/ops"
   ln -sfn "$repo_root" "$user_collections/ops"
-  export PATH="$venv/bin:$PATH"
+  export PATH="$venv/bin:$cache_dir/bin:$PATH"
   export ANSIBLE_COLLECTIONS_PATH="$farm"
   # The pyenv shim breaks interpreter discovery for plays on localhost.
   export TRADINGBOT_CONTROLLER_PYTHON="$venv/bin/python"

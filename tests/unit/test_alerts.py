@@ -437,7 +437,7 @@ def textfiles(tmp_path_factory):
 
     drill = root / "drill"
     drill.mkdir()
-    result = host_cli(lib, "recovery_test", "--config", config_file, "--metrics-dir", drill)
+    result = host_cli(lib, "recovery_drill", "--config", config_file, "--metrics-dir", drill)
     assert result.returncode == 0, result.stdout + result.stderr
     keep("drill-passed", drill / "tradingbot_recovery_drill.prom")
     # A damaged copy of the newest backup: its checksum no longer matches.
@@ -449,7 +449,7 @@ def textfiles(tmp_path_factory):
     newest.write_bytes(bytes(data))
     damaged_config = root / "damaged.json"
     damaged_config.write_text(json.dumps({"engine": "sqlite", "database": str(database), "backup_dir": str(damaged)}))
-    result = host_cli(lib, "recovery_test", "--config", damaged_config, "--metrics-dir", drill)
+    result = host_cli(lib, "recovery_drill", "--config", damaged_config, "--metrics-dir", drill)
     assert result.returncode == 1, result.stdout + result.stderr
     keep("drill-failed", drill / "tradingbot_recovery_drill.prom")
 
