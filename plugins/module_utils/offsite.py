@@ -59,7 +59,7 @@ from .encryption import (
     recipient_fingerprint,
 )
 from .errors import RestoreError, StorageError, TradingbotError
-from .storage.s3 import DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, S3Storage, load_credentials
+from .storage.s3 import DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, S3Storage, describe_location, load_credentials
 
 CIPHERTEXT_SUFFIX = ".age"
 OFFSITE_FORMAT_VERSION = 1
@@ -140,9 +140,10 @@ def parse_options(options):
     return opts
 
 
-def open_storage(opts, lock=True):
+def open_storage(opts, lock=True, credentials=None):
     """The S3 backend the options describe. ``lock=False`` for reading only (restore)."""
-    credentials = load_credentials(opts["s3_credentials_file"], opts["s3_credential_name"])
+    if credentials is None:
+        credentials = load_credentials(opts["s3_credentials_file"], opts["s3_credential_name"])
     return S3Storage(
         bucket=opts["s3_bucket"],
         credentials=credentials,
@@ -173,24 +174,38 @@ def make_breaker(opts):
 
 
 class _GuardedStore:
-    """Every call to the store through the breaker; an open breaker becomes one clear error."""
+    """Every call to the store through the breaker; an open breaker becomes one clear error.
 
-    def __init__(self, storage, breaker):
-        self.storage = storage
+    The client is built inside the first call, so a run that the breaker turns away does not
+    even pay for creating it."""
+
+    def __init__(self, opts, breaker):
+        self._opts = opts
+        # Read before any call: a missing or unreadable key file is a configuration error, not
+        # an outage, and must not open the breaker.
+        self._credentials = load_credentials(opts["s3_credentials_file"], opts["s3_credential_name"])
+        self._storage = None
         self.breaker = breaker
+        self.location = describe_location(opts["s3_bucket"], opts["s3_prefix"], opts["s3_endpoint"], opts["s3_region"])
+
+    def _run(self, method, args, kwargs):
+        if self._storage is None:
+            self._storage = open_storage(self._opts, credentials=self._credentials)
+        return getattr(self._storage, method)(*args, **kwargs)
 
     def __call__(self, method, *args, **kwargs):
         try:
-            return self.breaker.call(getattr(self.storage, method), *args, **kwargs)
+            return self.breaker.call(self._run, method, args, kwargs)
         except CircuitBreakerError as exc:
-            raise OffsiteError(f"store {self.storage.describe()} not tried: {exc}") from None
+            raise OffsiteError(f"store {self.location} not tried: {exc}") from None
 
 
 def _remote_copies(guarded):
-    """Names of the backups with a complete copy (ciphertext and manifest) in the store."""
+    """The backups with a complete copy (ciphertext and manifest) in the store: name to the
+    ciphertext's ObjectInfo."""
     keys = {info.key: info for info in guarded("list")}
     names = {backup_name_of(key) for key in keys if key.endswith(MANIFEST_SUFFIX)}
-    return {name for name in names if name and ciphertext_key(name) in keys}
+    return {name: keys[ciphertext_key(name)] for name in names if name and ciphertext_key(name) in keys}
 
 
 def _retention_entries(names):
@@ -250,8 +265,7 @@ def copy_backup(guarded, entry, recipient, now=None):
         )
     if info.size != encryption.ciphertext_size:
         raise OffsiteError(
-            f"copy of {name} in {guarded.storage.describe()} is {info.size} bytes;"
-            f" {encryption.ciphertext_size} were sent"
+            f"copy of {name} in {guarded.location} is {info.size} bytes; {encryption.ciphertext_size} were sent"
         )
     manifest = _offsite_manifest(local, encryption, info, recipient, now)
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=MANIFEST_SUFFIX) as handle:
@@ -262,13 +276,21 @@ def copy_backup(guarded, entry, recipient, now=None):
     return manifest
 
 
-def apply_retention(guarded, opts, names, now):
+def apply_retention(guarded, opts, copies, now):
     """Delete the copies off-site retention drops, except those still locked; return
-    ``(deleted, locked)`` lists of backup names."""
-    _kept, dropped = _retention(opts, names, now)
+    ``(deleted, locked)`` lists of backup names. ``copies`` maps names to the ciphertext's
+    ObjectInfo (None: uploaded by this run)."""
+    _kept, dropped = _retention(opts, set(copies), now)
     deleted, locked = [], []
+    lock_seconds = opts["object_lock_days"] * DAY
     for entry in dropped:
         name = entry["name"]
+        info = copies[name]
+        # Written less than object_lock_days ago: locked for sure, no request needed (with a
+        # setting lowered since, older copies are locked longer, and the check below finds it).
+        if info is None or info.mtime + lock_seconds > now.timestamp():
+            locked.append(name)
+            continue
         keys = (manifest_key(name), ciphertext_key(name))
         if any(guarded("locked_until", key) for key in keys):
             locked.append(name)
@@ -286,17 +308,19 @@ def run_copy(options, check_mode=False, now=None):
     started = time.monotonic()
     local = [entry for entry in list_backups(opts["backup_dir"], opts["engine"]) if entry["verified"]]
     result = {"changed": False, "copied": [], "deleted": [], "locked": [], "pending": []}
+    listed = False
     try:
-        guarded = _GuardedStore(open_storage(opts), make_breaker(opts))
+        guarded = _GuardedStore(opts, make_breaker(opts))
         remote = _remote_copies(guarded)
+        listed = True
         local_names = {entry["name"] for entry in local}
-        kept, _dropped = _retention(opts, remote | local_names, now)
+        kept, _dropped = _retention(opts, set(remote) | local_names, now)
         wanted = {entry["name"] for entry, _reasons in kept}
         missing = [entry for entry in local if entry["name"] not in remote and entry["name"] in wanted]
         result["pending"] = [entry["name"] for entry in missing]
-        result["store"] = guarded.storage.describe()
+        result["store"] = guarded.location
         if check_mode:
-            _kept, would_drop = _retention(opts, remote | {e["name"] for e in missing}, now)
+            _kept, would_drop = _retention(opts, set(remote) | {e["name"] for e in missing}, now)
             result["would_delete"] = [entry["name"] for entry in would_drop]
             result["changed"] = bool(missing or would_drop)
             return result
@@ -304,11 +328,11 @@ def run_copy(options, check_mode=False, now=None):
             copy_backup(guarded, entry, opts["recipient"], now)
             result["copied"].append(entry["name"])
             result["pending"].remove(entry["name"])
-            remote.add(entry["name"])
+            remote[entry["name"]] = None
         result["deleted"], result["locked"] = apply_retention(guarded, opts, remote, now)
         result["changed"] = bool(result["copied"] or result["deleted"])
     except (StorageError, EncryptionError, OffsiteError) as exc:
-        pending = result["pending"] if result["pending"] else _pending_after_failure(opts, local)
+        pending = result["pending"] if listed else _pending_after_failure(opts, local)
         _write_metrics_quietly(opts, False, now, pending=len(pending))
         raise OffsiteError(f"off-site copy failed: {exc}") from None
     result["duration_seconds"] = round(time.monotonic() - started, 3)

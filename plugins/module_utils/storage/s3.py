@@ -408,9 +408,15 @@ class S3Storage(Storage):
             )
 
     def describe(self):
-        where = self.endpoint or f"AWS S3 ({self.region})"
-        location = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
-        return f"s3://{location} at {where}"
+        return describe_location(self.bucket, self.prefix, self.endpoint, self.region)
+
+
+def describe_location(bucket, prefix="", endpoint=None, region="us-east-1"):
+    """``s3://bucket/prefix at endpoint``: where a store is, without credentials."""
+    where = endpoint or f"AWS S3 ({region})"
+    prefix = prefix.strip("/")
+    location = f"{bucket}/{prefix}" if prefix else bucket
+    return f"s3://{location} at {where}"
 
 
 def _parts(stream, size, buffers=1):
