@@ -24,9 +24,10 @@ import shutil
 import subprocess
 import tempfile
 
-from .db_common import CHUNK_SIZE, ChildPipe
-from .db_common import BackupError as _PipeError
+from .errors import BackupError as _PipeError  # what ChildPipe raises when age fails
 from .errors import TradingbotError
+from .fsutil import CHUNK_SIZE
+from .streams import ChildPipe
 
 AGE_HEADER = b"age-encryption.org/v1\n"
 _RECIPIENT_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")  # bech32, X25519

@@ -4,7 +4,7 @@ Usage::
 
     python3 -m tradingbot_ops.offsite_cli --config /etc/tradingbot/offsite.json [--check]
 
-The JSON file is an object of ``offsite.OFFSITE_OPTIONS`` (documented in docs/offsite.md). It
+The JSON file is an object of ``offsite_config.OFFSITE_OPTIONS`` (documented in docs/offsite.md). It
 holds no secret: the S3 key pair is read from ``s3_credentials_file`` (mode 0600) or from
 systemd's ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``), and the host has only the age
 recipient. Exit status: 0 on success, 1 when the copy failed, 2 when the configuration cannot
@@ -20,7 +20,8 @@ import json
 import signal
 import sys
 
-from .offsite import OffsiteError, run_copy
+from .offsite import run_copy
+from .offsite_config import OffsiteError
 
 _SUMMARY_KEYS = ("copied", "deleted", "locked", "pending", "would_delete", "store", "duration_seconds", "msg")
 

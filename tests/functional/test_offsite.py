@@ -27,11 +27,23 @@ from botocore.exceptions import ClientError
 sys.path.insert(0, os.path.dirname(__file__))
 
 import seaweedfs
-from ansible_collections.tradingbot.ops.plugins.module_utils import db_common, encryption, offsite
-from ansible_collections.tradingbot.ops.plugins.module_utils.backup_engine import run_backup
+from ansible_collections.tradingbot.ops.plugins.module_utils import (
+    catalog,
+    compression,
+    encryption,
+    fsutil,
+    offsite_config,
+    offsite_fetch,
+    offsite_metrics,
+)
+from ansible_collections.tradingbot.ops.plugins.module_utils.backup import run_backup
+from ansible_collections.tradingbot.ops.plugins.module_utils.engines import sqlite_db
 from ansible_collections.tradingbot.ops.plugins.module_utils.errors import RestoreError, StorageError
-from ansible_collections.tradingbot.ops.plugins.module_utils.offsite import OffsiteError, fetch_copy, run_copy
-from ansible_collections.tradingbot.ops.plugins.module_utils.storage.s3 import S3Storage, load_credentials
+from ansible_collections.tradingbot.ops.plugins.module_utils.offsite import run_copy
+from ansible_collections.tradingbot.ops.plugins.module_utils.offsite_config import OffsiteError
+from ansible_collections.tradingbot.ops.plugins.module_utils.offsite_fetch import fetch_copy
+from ansible_collections.tradingbot.ops.plugins.module_utils.storage.s3 import S3Storage
+from ansible_collections.tradingbot.ops.plugins.module_utils.storage.s3_client import load_credentials
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOST_PYTHON = "/usr/bin/python3"  # the hosts' Python, with Debian's python3-boto3
@@ -128,14 +140,14 @@ def backup(app_db, backup_dir):
 
 def clone_backup(path, days):
     """Copy a backup and its manifest under the name it would have had ``days`` days earlier."""
-    parsed = db_common.parse_backup_name(os.path.basename(path))
+    parsed = catalog.parse_backup_name(os.path.basename(path))
     moment = parsed["timestamp"] - datetime.timedelta(days=days)
-    name = db_common.backup_name(parsed["engine"], moment, parsed["format"], db_common.compression_of(path))
+    name = catalog.backup_name(parsed["engine"], moment, parsed["format"], compression.compression_of(path))
     new = os.path.join(os.path.dirname(path), name)
-    manifest = db_common.read_manifest(path)
+    manifest = catalog.read_manifest(path)
     manifest["file"] = name
     shutil.copy2(path, new)
-    db_common.write_json_atomic(db_common.manifest_path(new), manifest)
+    fsutil.write_json_atomic(catalog.manifest_path(new), manifest)
     return new
 
 
@@ -160,12 +172,12 @@ def options(s3, backup_dir, recipient, tmp_path, **extra):
 
 
 def storage_for(opts, lock=True):
-    return offsite.open_storage(offsite.parse_options(opts), lock=lock)
+    return offsite_config.open_storage(offsite_config.parse_options(opts), lock=lock)
 
 
 def metrics(tmp_path):
     values = {}
-    with open(tmp_path / offsite.METRICS_FILE, encoding="utf-8") as handle:
+    with open(tmp_path / offsite_metrics.METRICS_FILE, encoding="utf-8") as handle:
         for line in handle:
             if not line.startswith("#"):
                 name, value = line.split()
@@ -185,9 +197,9 @@ def test_every_verified_backup_is_copied_encrypted_and_a_second_run_changes_noth
     backup_dir = tmp_path / "backups"
     paths = backups_aged(app_db, backup_dir, [1, 2])
     unverified = clone_backup(paths[0], 3)
-    manifest = db_common.read_manifest(unverified)
+    manifest = catalog.read_manifest(unverified)
     manifest["verification"] = {"ok": False}
-    db_common.write_json_atomic(db_common.manifest_path(unverified), manifest)
+    fsutil.write_json_atomic(catalog.manifest_path(unverified), manifest)
     opts = options(s3, backup_dir, keys["good"]["recipient"], tmp_path)
 
     planned = run_copy(opts, check_mode=True)
@@ -199,16 +211,16 @@ def test_every_verified_backup_is_copied_encrypted_and_a_second_run_changes_noth
     assert result["copied"] == names, "newest first, the unverified backup left out"
     store = storage_for(opts)
     assert [info.key for info in store.list()] == sorted(
-        key for name in names for key in (offsite.ciphertext_key(name), offsite.manifest_key(name))
+        key for name in names for key in (offsite_config.ciphertext_key(name), offsite_config.manifest_key(name))
     )
     for path in paths:
         name = os.path.basename(path)
-        manifest = json.loads(store.read_bytes(offsite.manifest_key(name)))
-        data = object_bytes(s3, "app1/" + offsite.ciphertext_key(name))
+        manifest = json.loads(store.read_bytes(offsite_config.manifest_key(name)))
+        data = object_bytes(s3, "app1/" + offsite_config.ciphertext_key(name))
         with open(path, "rb") as handle:
             plaintext = handle.read()
         assert data.startswith(encryption.AGE_HEADER)
-        assert not data.startswith(b"\x1f\x8b") and db_common.SQLITE_HEADER not in data
+        assert not data.startswith(b"\x1f\x8b") and sqlite_db.SQLITE_HEADER not in data
         assert b"CREATE TABLE" not in data and b"INSERT INTO" not in data and b"BTCUSDT" not in data
         assert plaintext[:2] == b"\x1f\x8b" and b"BTCUSDT" in gzip.decompress(plaintext), "the plaintext is a backup"
         record = manifest["offsite"]
@@ -218,7 +230,7 @@ def test_every_verified_backup_is_copied_encrypted_and_a_second_run_changes_noth
         expected_fingerprint = hashlib.sha256(keys["good"]["recipient"].encode()).hexdigest()
         assert record["recipient_fingerprint"] == "sha256:" + expected_fingerprint
         assert record["etag"] == hashlib.md5(data, usedforsecurity=False).hexdigest()
-        assert store.stat(offsite.ciphertext_key(name)).locked_until > time.time() + 399 * 86400
+        assert store.stat(offsite_config.ciphertext_key(name)).locked_until > time.time() + 399 * 86400
     values = metrics(tmp_path)
     assert values["tradingbot_offsite_last_run_success"] == 1
     assert values["tradingbot_offsite_pending_backups"] == 0
@@ -249,12 +261,12 @@ def test_a_backup_larger_than_a_part_goes_up_in_parts_and_comes_back_whole(s3, k
     run_copy(opts)
     name = os.path.basename(path)
     store = storage_for(opts)
-    manifest = json.loads(store.read_bytes(offsite.manifest_key(name)))
+    manifest = json.loads(store.read_bytes(offsite_config.manifest_key(name)))
     assert manifest["offsite"]["etag"].endswith("-3"), "12.5 MiB in 5 MiB parts"
     restored = tmp_path / "restored"
     restored.mkdir()
     fetched = fetch_copy(store, name, keys["good"]["identity"], str(restored))
-    assert db_common.sha256_file(fetched["path"]) == db_common.sha256_file(path)
+    assert fsutil.sha256_file(fetched["path"]) == fsutil.sha256_file(path)
 
 
 def test_the_copy_restores_to_the_exact_backup(s3, keys, app_db, tmp_path):
@@ -264,14 +276,14 @@ def test_the_copy_restores_to_the_exact_backup(s3, keys, app_db, tmp_path):
     run_copy(opts)
     store = storage_for(opts, lock=False)
     name = os.path.basename(path)
-    assert offsite.list_copies(store) == [name]
+    assert offsite_fetch.list_copies(store) == [name]
     restored = tmp_path / "restored"
     restored.mkdir()
     fetched = fetch_copy(store, name, keys["good"]["identity"], str(restored))
     assert fetched["path"] == str(restored / name)
     with open(path, "rb") as original, open(fetched["path"], "rb") as copy:
         assert original.read() == copy.read()
-    local = db_common.list_backups(str(restored))
+    local = catalog.list_backups(str(restored))
     assert [entry["name"] for entry in local] == [name] and local[0]["verified"], "the local restore can take over"
 
 
@@ -284,8 +296,8 @@ def test_the_hosts_credentials_cannot_delete_or_overwrite_a_locked_copy(s3, keys
     opts = options(s3, backup_dir, keys["good"]["recipient"], tmp_path)
     run_copy(opts)
     store = storage_for(opts)
-    manifest = json.loads(store.read_bytes(offsite.manifest_key(name)))
-    key = "app1/" + offsite.ciphertext_key(name)
+    manifest = json.loads(store.read_bytes(offsite_config.manifest_key(name)))
+    key = "app1/" + offsite_config.ciphertext_key(name)
     version = manifest["offsite"]["version_id"]
     original = object_bytes(s3, key, version)
 
@@ -304,7 +316,7 @@ def test_the_hosts_credentials_cannot_delete_or_overwrite_a_locked_copy(s3, keys
     host.put_object(Bucket=bucket, Key=key, Body=b"ransom note")
     assert object_bytes(s3, key, version) == original
     with pytest.raises(StorageError, match=r"locked until \d{4}-\d\d-\d\dT"):
-        store.delete(offsite.ciphertext_key(name))
+        store.delete(offsite_config.ciphertext_key(name))
     assert object_bytes(s3, key, version) == original
 
 
@@ -329,7 +341,7 @@ def test_retention_never_deletes_a_locked_copy_and_deletes_it_once_unlocked(s3, 
     time.sleep(max(0, started + lock_seconds + 1 - time.time()))
     result = run_copy(keep_two)
     assert sorted(result["deleted"]) == old and result["locked"] == [] and result["copied"] == []
-    remaining = {offsite.backup_name_of(info.key) for info in storage_for(opts).list()}
+    remaining = {offsite_config.backup_name_of(info.key) for info in storage_for(opts).list()}
     assert remaining == {os.path.basename(p) for p in paths[:2]}
     assert (
         s3_client(s3["server"], seaweedfs.ADMIN)
@@ -421,7 +433,7 @@ def test_a_wrong_identity_is_refused(copied, keys):
 
 @pytest.mark.parametrize("damage", ["flip_a_byte", "truncate"])
 def test_a_tampered_ciphertext_is_refused(copied, keys, server, damage):
-    key = "app1/" + offsite.ciphertext_key(copied["name"])
+    key = "app1/" + offsite_config.ciphertext_key(copied["name"])
     data = bytearray(object_bytes(copied["s3"], key))
     if damage == "flip_a_byte":
         data[len(data) // 2] ^= 0x01
@@ -437,7 +449,7 @@ def test_a_tampered_ciphertext_is_refused(copied, keys, server, damage):
 def test_a_missing_manifest_is_refused(copied, keys, server):
     # The host's own keys can hide the manifest behind a delete marker (not destroy it).
     s3_client(server, seaweedfs.HOST).delete_object(
-        Bucket=copied["s3"]["bucket"], Key="app1/" + offsite.manifest_key(copied["name"])
+        Bucket=copied["s3"]["bucket"], Key="app1/" + offsite_config.manifest_key(copied["name"])
     )
     with pytest.raises(RestoreError, match=r"has no manifest in s3://.*refusing to restore it"):
         fetch_copy(copied["store"], copied["name"], keys["good"]["identity"], str(copied["dest"]))
@@ -552,7 +564,7 @@ def test_the_s3_secret_and_the_identity_reach_no_argv_log_or_result(s3, keys, ap
     for path in glob.glob(str(tmp_path / "*.prom")) + glob.glob(str(tmp_path / "breaker.json*")):
         with open(path, encoding="utf-8") as handle:
             outputs.append(handle.read())
-    outputs.append(store.read_bytes(offsite.manifest_key(name)).decode())
+    outputs.append(store.read_bytes(offsite_config.manifest_key(name)).decode())
     for text in outputs:
         assert seaweedfs.HOST["secret_key"] not in text
         assert not any(identity.decode() in text for identity in identities)

@@ -5,9 +5,9 @@ import hashlib
 import os
 
 import pytest
-from ansible_collections.tradingbot.ops.plugins.module_utils import offsite
+from ansible_collections.tradingbot.ops.plugins.module_utils import offsite_config, offsite_metrics
 from ansible_collections.tradingbot.ops.plugins.module_utils.encryption import EncryptionError, recipient_fingerprint
-from ansible_collections.tradingbot.ops.plugins.module_utils.offsite import OffsiteError, parse_options
+from ansible_collections.tradingbot.ops.plugins.module_utils.offsite_config import OffsiteError, parse_options
 
 RECIPIENT = "age1gc6e29njjwtx7pf70y7tetp7nzfhvvd977j20krp69fm7hx3havslkmu9q"
 BASE = {"backup_dir": "/var/backups/tradingbot", "recipient": RECIPIENT, "s3_bucket": "tradingbot"}
@@ -50,17 +50,17 @@ def test_the_fingerprint_is_the_sha256_of_the_recipient_string():
 
 def test_store_keys_map_back_to_backup_names_and_nothing_else():
     name = "sqlite_backup_20260101_020000.db.gz"
-    assert offsite.backup_name_of(offsite.ciphertext_key(name)) == name
-    assert offsite.backup_name_of(offsite.manifest_key(name)) == name
-    assert offsite.backup_name_of(name) is None
-    assert offsite.backup_name_of("notes.txt.age") is None
+    assert offsite_config.backup_name_of(offsite_config.ciphertext_key(name)) == name
+    assert offsite_config.backup_name_of(offsite_config.manifest_key(name)) == name
+    assert offsite_config.backup_name_of(name) is None
+    assert offsite_config.backup_name_of("notes.txt.age") is None
 
 
 def test_a_failed_run_keeps_the_last_success_so_its_age_keeps_growing(tmp_path):
     first = datetime.datetime(2026, 1, 1, 2, 0, tzinfo=datetime.UTC)
-    offsite.write_metrics(str(tmp_path), True, first, pending=0, newest_copy=first, copied=1)
+    offsite_metrics.write_metrics(str(tmp_path), True, first, pending=0, newest_copy=first, copied=1)
     later = first + datetime.timedelta(hours=5)
-    path = offsite.write_metrics(str(tmp_path), False, later, pending=3)
+    path = offsite_metrics.write_metrics(str(tmp_path), False, later, pending=3)
     with open(path, encoding="utf-8") as handle:
         values = dict(line.split() for line in handle if not line.startswith("#"))
     assert values == {

@@ -1,22 +1,19 @@
 """S3 storage backend: backups and manifests as objects in a bucket, under a prefix.
 
-Built on boto3 (Debian's python3-boto3 on hosts). The import is guarded so that module_utils
-imports without it; constructing an ``S3Storage`` then raises a clear StorageError.
+Built on boto3 (Debian's python3-boto3 on hosts); the client, its settings and the key pair
+come from ``s3_client``, the part buffers from ``s3_parts``. Without boto3, constructing an
+``S3Storage`` raises a clear StorageError.
 
 - Uploads stream: ``concurrency`` parts (default 1 of ``part_size``, 8 MiB) are in memory,
   and in flight, at a time. A file smaller than a part is one PUT; anything larger is a
   multipart upload.
 - Every PUT and part carries the Content-MD5 of its bytes, which the store checks; the ETag
   the store reports is compared with the one computed here (MD5, or MD5 of the part MD5s).
-  botocore's own default checksums (1.36 and later) are switched off, so the same requests go
-  out from Debian's boto3 1.26 and from newer ones, and stores that reject aws-chunked
-  trailers still work.
-- Retries: botocore's ``standard`` mode (exponential backoff with jitter) on every call.
 - Object Lock: with ``lock_seconds`` > 0 every object is written in COMPLIANCE mode, retained
   until now + ``lock_seconds``. ``delete`` removes every version of a key and refuses, before
   trying, when any version is still locked.
-- Credentials are passed in by the caller (see ``load_credentials``), never read from argv;
-  ``describe()`` and every error message leave them out.
+- Credentials are passed in by the caller (see ``s3_client.load_credentials``), never read
+  from argv; ``describe()`` and every error message leave them out.
 """
 
 from __future__ import annotations
@@ -27,68 +24,19 @@ import concurrent.futures
 import contextlib
 import datetime
 import hashlib
-import io
 import itertools
-import json
 import os
-import stat as stat_module
 import tempfile
 
 from ..errors import StorageError
 from .base import ObjectInfo, Storage
-
-try:
-    import boto3
-    import botocore
-    from botocore.config import Config as BotoConfig
-    from botocore.exceptions import BotoCoreError, ClientError
-    from botocore.handlers import add_expect_header
-except ImportError:  # pragma: no cover - exercised on hosts without python3-boto3
-    boto3 = None
-    BotoCoreError = ClientError = ()
+from .s3_client import BotoCoreError, ClientError, describe_location, make_client, require_boto3
+from .s3_parts import PartBody, read_parts
 
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 DEFAULT_CONCURRENCY = 1
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every part but the last
-CREDENTIAL_KEYS = ("access_key_id", "secret_access_key")
 LOCK_MODE = "COMPLIANCE"
-
-
-def boto3_available():
-    return boto3 is not None
-
-
-def load_credentials(path=None, credential_name=None):
-    """Read the S3 key pair from a JSON file ``{"access_key_id": ..., "secret_access_key": ...}``.
-
-    With ``credential_name`` and systemd's ``$CREDENTIALS_DIRECTORY`` set (``LoadCredential=``),
-    the file ``$CREDENTIALS_DIRECTORY/<credential_name>`` is read; otherwise ``path``, which must
-    not be readable by group or others. The secret never appears in an error message.
-    """
-    directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credential_name and directory and os.path.exists(os.path.join(directory, credential_name)):
-        path = os.path.join(directory, credential_name)
-    elif not path:
-        raise StorageError(
-            "no S3 credentials: set credentials_file, or load the credential "
-            f"{credential_name or '(none named)'} with systemd's LoadCredential="
-        )
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise StorageError(f"cannot open S3 credentials {path}: {exc.strerror}") from None
-    with os.fdopen(fd, encoding="utf-8") as handle:
-        mode = os.fstat(handle.fileno()).st_mode
-        if mode & (stat_module.S_IRWXG | stat_module.S_IRWXO):
-            raise StorageError(f"S3 credentials {path} are mode {mode & 0o777:04o}; make them 0600 (or 0400)")
-        try:
-            data = json.load(handle)
-        except ValueError:
-            # The parser's message could quote the file's contents.
-            raise StorageError(f"S3 credentials {path} are not a JSON object") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(key), str) and data[key] for key in CREDENTIAL_KEYS):
-        raise StorageError(f"S3 credentials {path} need the keys {', '.join(CREDENTIAL_KEYS)}")
-    return {key: data[key] for key in CREDENTIAL_KEYS}
 
 
 def _md5_b64(digest):
@@ -121,8 +69,7 @@ class S3Storage(Storage):
         connect_timeout=10,
         read_timeout=60,
     ):
-        if boto3 is None:
-            raise StorageError("the S3 backend needs boto3: install python3-boto3 (Debian) or pip install boto3")
+        require_boto3()
         if not bucket:
             raise StorageError("the S3 backend needs a bucket name")
         if part_size < MIN_PART_SIZE:
@@ -138,31 +85,16 @@ class S3Storage(Storage):
         self.lock_seconds = lock_seconds
         self.part_size = part_size
         self.concurrency = concurrency
-        options = {
-            "region_name": region,
-            "retries": {"mode": "standard", "max_attempts": max_attempts},
-            "connect_timeout": connect_timeout,
-            "read_timeout": read_timeout,
-            "s3": {"addressing_style": "path" if path_style else "virtual"},
-        }
-        if _botocore_has_checksum_settings():
-            # Content-MD5 on every request is the integrity check; see the module docstring.
-            options["request_checksum_calculation"] = "when_required"
-            options["response_checksum_validation"] = "when_required"
-        # A session of its own: no shared state, and no credentials from the environment or
-        # ~/.aws, since explicit keys override every other source.
-        session = boto3.session.Session()
-        self._client = session.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=credentials["access_key_id"],
-            aws_secret_access_key=credentials["secret_access_key"],
-            verify=ca_bundle if ca_bundle else True,
-            config=BotoConfig(**options),
+        self._client = make_client(
+            credentials,
+            endpoint=endpoint,
+            region=region,
+            path_style=path_style,
+            ca_bundle=ca_bundle,
+            max_attempts=max_attempts,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
         )
-        # botocore sends "Expect: 100-continue" with every file-like body and then waits up to
-        # a second for an interim answer that SeaweedFS 4.48 never sends: 0.5 s lost per part.
-        self._client.meta.events.unregister("before-call.s3", add_expect_header)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -219,11 +151,11 @@ class S3Storage(Storage):
         """
         object_key = self._object_key(key)
         extra = {"Bucket": self.bucket, "Key": object_key, "Metadata": dict(metadata or {}), **self._lock_args()}
-        parts = _parts(stream, self.part_size, self.concurrency)
+        parts = read_parts(stream, self.part_size, self.concurrency)
         first = next(parts)
         if len(first) < self.part_size:
             digest = hashlib.md5(first, usedforsecurity=False)
-            with _PartBody(first) as body:
+            with PartBody(first) as body:
                 response = self._call(
                     "put", key, self._client.put_object, Body=body, ContentMD5=_md5_b64(digest.digest()), **extra
                 )
@@ -239,13 +171,13 @@ class S3Storage(Storage):
 
     def _multipart(self, key, object_key, extra, chunks):
         """Upload ``chunks`` as the parts of one object, up to ``concurrency`` at a time. The
-        chunks come from ``_parts`` with as many buffers, so a buffer is read into again only
+        chunks come from ``read_parts`` with as many buffers, so a buffer is read into again only
         after the upload that used it has finished."""
         upload = self._call("create multipart upload", key, self._client.create_multipart_upload, **extra)
         upload_id = upload["UploadId"]
 
         def send(number, chunk):
-            with chunk, _PartBody(chunk) as body:
+            with chunk, PartBody(chunk) as body:
                 digest = hashlib.md5(chunk, usedforsecurity=False).digest()
                 response = self._call(
                     f"upload part {number} of",
@@ -409,77 +341,3 @@ class S3Storage(Storage):
 
     def describe(self):
         return describe_location(self.bucket, self.prefix, self.endpoint, self.region)
-
-
-def describe_location(bucket, prefix="", endpoint=None, region="us-east-1"):
-    """``s3://bucket/prefix at endpoint``: where a store is, without credentials."""
-    where = endpoint or f"AWS S3 ({region})"
-    prefix = prefix.strip("/")
-    location = f"{bucket}/{prefix}" if prefix else bucket
-    return f"s3://{location} at {where}"
-
-
-def _parts(stream, size, buffers=1):
-    """Yield ``stream`` in parts of ``size`` bytes (the last may be shorter, the first may be
-    empty), as views of ``buffers`` buffers taken in turn: a part stays valid until ``buffers``
-    more have been read. The buffers are allocated once for the whole upload, so the heap
-    cannot fragment into more parts' worth than that."""
-    pool = [bytearray(size) for _buffer in range(buffers)]
-    for index in itertools.count():
-        with memoryview(pool[index % buffers]) as view:
-            filled = 0
-            while filled < size:
-                count = stream.readinto(view[filled:])
-                if not count:
-                    break
-                filled += count
-            with view[:filled] as part:
-                yield part
-        if filled < size:
-            return
-
-
-class _PartBody(io.RawIOBase):
-    """A seekable reader over one part's buffer, without copying it: botocore would otherwise
-    wrap bytes in a BytesIO (a copy of a bytearray), and the part would sit in memory twice.
-    Seekable, so a retry re-sends it. Closing it lets go of the buffer, whoever still holds
-    the reader (botocore keeps request objects around until they are collected)."""
-
-    def __init__(self, buffer):
-        super().__init__()
-        self._view = memoryview(buffer)
-        self._pos = 0
-
-    def __len__(self):
-        return len(self._view)
-
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def readinto(self, target):
-        count = min(len(target), len(self._view) - self._pos)
-        target[:count] = self._view[self._pos : self._pos + count]
-        self._pos += count
-        return count
-
-    def seek(self, offset, whence=io.SEEK_SET):
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self):
-        return self._pos
-
-    def close(self):
-        if not self.closed:
-            self._view.release()
-        super().close()
-
-
-def _botocore_has_checksum_settings():
-    """botocore 1.36 added request/response checksum settings (and made them default on)."""
-    version = tuple(int(part) for part in botocore.__version__.split(".")[:2])
-    return version >= (1, 36)
