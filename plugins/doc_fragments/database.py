@@ -1,6 +1,6 @@
 """Options shared by tradingbot.ops.db_backup and tradingbot.ops.db_restore.
 
-Their argument spec is ``COMMON_OPTIONS`` in plugins/module_utils/db_common.py.
+Their argument spec is ``COMMON_OPTIONS`` in plugins/module_utils/options.py.
 """
 
 

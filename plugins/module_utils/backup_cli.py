@@ -5,7 +5,7 @@ Usage::
     python3 -m tradingbot_ops.backup_cli --config /etc/tradingbot/backup.json [--check]
 
 The JSON file is an object whose keys are exactly the db_backup module's option names
-(``backup_engine.BACKUP_OPTIONS``; documented once, in the module). It may hold
+(``options.BACKUP_OPTIONS``; documented once, in the module). It may hold
 ``pg_password``, so keep it mode 0600 (or use ``pg_passfile``). Exit status: 0 on success,
 1 when the backup failed, 2 when the configuration cannot be read; failures print one line on
 stderr and go to the backup log. On success one JSON line summarises the result on stdout.
@@ -20,8 +20,8 @@ import json
 import signal
 import sys
 
-from .backup_engine import run_backup
-from .db_common import BackupError
+from .backup import run_backup
+from .errors import BackupError
 
 _SUMMARY_KEYS = ("path", "size", "sha256", "duration_seconds", "compression_ratio", "deleted", "msg")
 

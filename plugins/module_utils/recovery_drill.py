@@ -23,8 +23,16 @@ import sys
 import tempfile
 import time
 
-from . import backup_engine, circuit_breaker, db_common, restore_engine
-from .db_common import BackupError
+from . import circuit_breaker
+from .backup import run_backup
+from .catalog import ENGINES, Manifest, backup_name, list_backups, list_restorable, manifest_path, parse_backup_name
+from .engines.pg_client import pg_table_counts, psql_script
+from .engines.registry import adapter
+from .engines.sqlite_db import sqlite_content_digest, sqlite_table_counts
+from .errors import BackupError
+from .options import BACKUP_OPTIONS, COMMON_OPTIONS
+from .reporting import EventLog, write_metrics_file
+from .restore import restore_postgresql, restore_sqlite
 
 SCRATCH_ROWS = 500
 METRICS_PREFIX = "tradingbot_recovery_drill"
@@ -58,7 +66,7 @@ def make_scratch_sqlite(path, rows=SCRATCH_ROWS):
 
 def _backup_options(config, **overrides):
     """The live backup configuration, pointed at scratch places; metrics and logs stay off."""
-    options = {key: value for key, value in config.items() if key in backup_engine.BACKUP_OPTIONS}
+    options = {key: value for key, value in config.items() if key in BACKUP_OPTIONS}
     options.update(log_file=None, metrics_dir=None, owner=None, group=None, lock_timeout=30)
     options.update(overrides)
     return options
@@ -66,15 +74,15 @@ def _backup_options(config, **overrides):
 
 def _age_backup(path, days):
     """Rename a backup (and its manifest) as if it had been taken ``days`` days earlier."""
-    manifest = db_common.read_manifest(db_common.manifest_path(path))
-    parsed = db_common.parse_backup_name(os.path.basename(path))
+    manifest = Manifest.read(path)
+    parsed = parse_backup_name(os.path.basename(path))
     older = parsed["timestamp"] - datetime.timedelta(days=days)
-    name = db_common.backup_name(manifest["engine"], older, manifest["format"], manifest["compression"])
+    name = backup_name(manifest["engine"], older, manifest["format"], manifest["compression"])
     new_path = os.path.join(os.path.dirname(path), name)
     manifest["file"] = name
-    db_common.write_json_atomic(db_common.manifest_path(new_path), manifest)
+    manifest.write(new_path)
     os.rename(path, new_path)
-    os.unlink(db_common.manifest_path(path))
+    os.unlink(manifest_path(path))
     return new_path
 
 
@@ -105,22 +113,23 @@ class RecoveryDrill:
         # The live settings and source, aimed at scratch: the drill may not write to the live dir.
         scratch = os.path.join(self.scratch, "plan")
         os.mkdir(scratch)
-        plan = backup_engine.run_backup(_backup_options(self.config, backup_dir=scratch), check_mode=True)
+        plan = run_backup(_backup_options(self.config, backup_dir=scratch), check_mode=True)
         return f"the live configuration plans {os.path.basename(plan['path'])}"
 
     def check_restore_engine(self):
         engine = self.config["engine"]
-        entries = restore_engine.list_restorable(self.config["backup_dir"], engine)
-        if not entries:
+        entries = list_restorable(self.config["backup_dir"], engine)
+        ours = list_backups(self.config["backup_dir"], engine)
+        if not ours:
             return f"no {engine} backups in {self.config['backup_dir']} yet: nothing to pre-flight"
-        latest = db_common.list_backups(self.config["backup_dir"], engine)[0]
-        restore_engine.preflight(latest["path"], latest["manifest"])
+        latest = ours[0]
+        adapter(engine).preflight(latest["path"], latest["manifest"])
         return f"{len(entries)} backup(s) listed; the latest, {latest['name']}, matches its checksum and decodes"
 
     def check_sqlite_backup(self):
         source = os.path.join(self.scratch, "source.db")
         make_scratch_sqlite(source)
-        result = backup_engine.run_backup(
+        result = run_backup(
             _backup_options(
                 {},
                 engine="sqlite",
@@ -136,9 +145,9 @@ class RecoveryDrill:
     def check_sqlite_restore(self):
         source = os.path.join(self.scratch, "source.db")
         target = os.path.join(self.scratch, "restored.db")
-        restore_engine.restore_sqlite(target, os.path.join(self.scratch, "backups"))
-        expected = (db_common.sqlite_table_counts(source), db_common.sqlite_content_digest(source))
-        actual = (db_common.sqlite_table_counts(target), db_common.sqlite_content_digest(target))
+        restore_sqlite(target, os.path.join(self.scratch, "backups"))
+        expected = (sqlite_table_counts(source), sqlite_content_digest(source))
+        actual = (sqlite_table_counts(target), sqlite_content_digest(target))
         if actual != expected:
             raise CheckFailed(f"restored content differs: counts {actual[0]} vs {expected[0]}")
         return f"row counts {actual[0]} and content digest match the source"
@@ -146,12 +155,14 @@ class RecoveryDrill:
     def check_retention(self):
         backups = os.path.join(self.scratch, "retention")
         source = os.path.join(self.scratch, "source.db")
-        first = backup_engine.run_backup(_backup_options({}, engine="sqlite", database=source, backup_dir=backups))
+        # Only the age rule may keep a backup here: no newest-N-verified floor beyond the new one.
+        rules = {"retention_days": 7, "retention_keep_verified": 1}
+        first = run_backup(_backup_options({}, engine="sqlite", database=source, backup_dir=backups, **rules))
         aged = _age_backup(first["path"], days=8)
         foreign = os.path.join(backups, "sqlite_backup_20000101_000000.db.gz")
         with open(foreign, "wb") as handle:
             handle.write(b"not made by tradingbot.ops")
-        second = backup_engine.run_backup(_backup_options({}, engine="sqlite", database=source, backup_dir=backups))
+        second = run_backup(_backup_options({}, engine="sqlite", database=source, backup_dir=backups, **rules))
         left = sorted(os.listdir(backups))
         problems = []
         if os.path.exists(aged):
@@ -216,15 +227,13 @@ class RecoveryDrill:
         return f"{len(report['checks'])} state-machine checks passed"
 
     def _pg_params(self, database=None):
-        params = {key: self.config.get(key) for key in db_common.COMMON_OPTIONS if key.startswith("pg_")}
+        params = {key: self.config.get(key) for key in COMMON_OPTIONS if key.startswith("pg_")}
         params["database"] = database or self.config["database"]
         return params
 
     def check_postgresql_backup(self):
         backups = os.path.join(self.scratch, "pg-backups")
-        result = backup_engine.run_backup(
-            _backup_options(self.config, backup_dir=backups, retention_days=0, content_digest=True)
-        )
+        result = run_backup(_backup_options(self.config, backup_dir=backups, retention_days=0, content_digest=True))
         return f"{os.path.basename(result['path'])}: {result.get('size')} bytes, verified"
 
     def check_postgresql_restore(self):
@@ -232,20 +241,18 @@ class RecoveryDrill:
         params = self._pg_params(scratch_db)
         maintenance_db = self.config.get("maintenance_db", "postgres")
         drop = 'DROP DATABASE IF EXISTS :"name"'
-        restore_engine.psql_script(params, drop, maintenance_db, {"name": scratch_db})
+        psql_script(params, drop, maintenance_db, {"name": scratch_db})
         result = {}
         try:
-            result = restore_engine.restore_postgresql(
-                params, os.path.join(self.scratch, "pg-backups"), maintenance_db=maintenance_db
-            )
-            live = db_common.pg_table_counts(self._pg_params())
-            restored = db_common.pg_table_counts(params)
+            result = restore_postgresql(params, os.path.join(self.scratch, "pg-backups"), maintenance_db=maintenance_db)
+            live = pg_table_counts(self._pg_params())
+            restored = pg_table_counts(params)
             if live != restored:
                 raise CheckFailed(f"restored row counts {restored} differ from the source's {live}")
             return f"restored into scratch database {scratch_db}: {len(restored)} table(s) match"
         finally:
             for name in filter(None, (scratch_db, result.get("safety_copy"))):
-                restore_engine.psql_script(params, drop, maintenance_db, {"name": name})
+                psql_script(params, drop, maintenance_db, {"name": name})
 
     # --- running ----------------------------------------------------------------------------
 
@@ -260,7 +267,7 @@ class RecoveryDrill:
             self.check("systemd configuration", self.check_systemd_units)
             self.check("logrotate configuration", self.check_logrotate)
             self.check("circuit breaker", self.check_circuit_breaker)
-            if self.config.get("engine") == "postgresql":
+            if self.config.get("engine") in ENGINES and adapter(self.config["engine"]).drill_restores_live:
                 self.check("postgresql backup", self.check_postgresql_backup)
                 self.check("postgresql restore", self.check_postgresql_restore)
         finally:
@@ -301,23 +308,21 @@ def summary_text(report):
 def write_metrics(metrics_dir, report, now=None):
     """Prometheus textfile-collector metrics for the drill, written atomically."""
     now = time.time() if now is None else now
-    lines = [
-        f"# HELP {METRICS_PREFIX}_success 1 when every recovery drill check passed.",
-        f"# TYPE {METRICS_PREFIX}_success gauge",
-        f"{METRICS_PREFIX}_success {1 if report['ok'] else 0}",
-        f"# HELP {METRICS_PREFIX}_checks_failed Number of failed checks in the last drill.",
-        f"# TYPE {METRICS_PREFIX}_checks_failed gauge",
-        f"{METRICS_PREFIX}_checks_failed {report['failed']}",
-        f"# HELP {METRICS_PREFIX}_last_run_timestamp_seconds When the last drill finished.",
-        f"# TYPE {METRICS_PREFIX}_last_run_timestamp_seconds gauge",
-        f"{METRICS_PREFIX}_last_run_timestamp_seconds {now:.0f}",
+    metrics = [
+        ("success", "1 when every recovery drill check passed.", 1 if report["ok"] else 0),
+        ("checks_failed", "Number of failed checks in the last drill.", report["failed"]),
+        ("last_run_timestamp_seconds", "When the last drill finished.", f"{now:.0f}"),
     ]
-    path = os.path.join(metrics_dir, f"{METRICS_PREFIX}.prom")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_metrics_file(metrics_dir, f"{METRICS_PREFIX}.prom", METRICS_PREFIX, metrics)
+
+
+def log_report(log_file, engine, report):
+    """One event-log line for the drill, in the format backup and restore use."""
+    failed = ", ".join(report["failed_checks"]) or "none"
+    level = "INFO" if report["ok"] else "ERROR"
+    EventLog(log_file, engine)(
+        level, f"recovery drill {report['passed']}/{report['total']} checks passed; failed: {failed}"
+    )
 
 
 def main(argv=None):
@@ -340,6 +345,8 @@ def main(argv=None):
     report = RecoveryDrill(config, args.service, args.logrotate_config).run()
     if args.metrics_dir:
         write_metrics(args.metrics_dir, report)
+    if config.get("log_file"):
+        log_report(config["log_file"], config.get("engine"), report)
     report["summary"] = summary_text(report)
     print(json.dumps(report) if args.json else report["summary"])
     return 0 if report["ok"] else 1

@@ -105,10 +105,19 @@ options:
   retention_keep_verified:
     description:
       - Always keep the newest this many verified backups, whatever their age, so that a week of failed
-        backups never leaves the host with none. At least 1.
+        backups never leaves the host with only the one good backup taken after it. At least 1.
     type: int
-    default: 1
+    default: 3
     version_added: 0.1.0
+  retention_delete_legacy:
+    description:
+      - Let retention delete the original system's backups (C(sqlite_backup_*.db.gz) and
+        C(postgres_backup_*.sql.gz) without a manifest, listed as legacy, unverified) when no age or count
+        rule keeps them.
+      - By default they are never deleted.
+    type: bool
+    default: false
+    version_added: 0.2.0
   lock_timeout:
     description:
       - Seconds to wait for another backup or restore of the same engine in O(backup_dir) to finish.
@@ -259,11 +268,9 @@ kept:
 import copy  # noqa: E402 - Ansible modules start with their documentation
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.tradingbot.ops.plugins.module_utils.backup_engine import (  # noqa: E402
-    BACKUP_OPTIONS,
-    run_backup,
-)
-from ansible_collections.tradingbot.ops.plugins.module_utils.db_common import BackupError  # noqa: E402
+from ansible_collections.tradingbot.ops.plugins.module_utils.backup import run_backup  # noqa: E402
+from ansible_collections.tradingbot.ops.plugins.module_utils.errors import BackupError  # noqa: E402
+from ansible_collections.tradingbot.ops.plugins.module_utils.options import BACKUP_OPTIONS  # noqa: E402
 
 
 def main():

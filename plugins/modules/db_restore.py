@@ -33,7 +33,9 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    description: Reports the chosen backup and the plan, and runs the read-only pre-flight (checksum and full decode).
+    description:
+      - Reports the chosen backup and the plan, and runs the read-only pre-flight (checksum and full decode).
+      - Names, in RV(not_predicted), what only a real run can check, such as the validation of the restored copy.
   diff_mode:
     support: none
     description: Returns no diff; RV(plan) says what is restored over what.
@@ -51,10 +53,25 @@ options:
       - Name of the backup to restore, a file directly inside O(backup_dir), for example
         C(sqlite_backup_20250101_020000.db.gz). An absolute path is accepted only when it lies directly in
         O(backup_dir). Anything that leaves the directory, a symlink, or a file without its manifest is
-        refused.
-      - When omitted, the newest backup whose verification passed is restored.
+        refused, except a backup of the original system with O(allow_legacy=true).
+      - When omitted, the newest verified backup that passes pre-flight (SHA-256 and a full decode) is
+        restored. Each newer backup that fails is skipped and named in RV(skipped) and the log.
     type: str
     version_added: 0.1.0
+  allow_legacy:
+    description:
+      - Allow O(backup_file) to name a backup of the original system, made by
+        C(sqlite3 DB ".backup X" && gzip X) or C(pg_dump | gzip), which has no manifest.
+      - Such a file is verified before it replaces anything. SQLite gets a full decode and
+        C(PRAGMA integrity_check). PostgreSQL gets a trial load into the scratch candidate database with
+        C(ON_ERROR_STOP) in one transaction, and pg_dump's completion trailer must be present. Then the
+        restore makes the same safety copy, runs the same validation and rolls back the same way as for
+        any other backup.
+      - Without this option such a file is refused, with an error that names this option. A legacy file is
+        never chosen as the latest backup.
+    type: bool
+    default: false
+    version_added: 0.2.0
   safety_copy:
     description:
       - With O(operation=rollback), the safety copy to put back, as returned in RV(safety_copy) by a
@@ -167,7 +184,26 @@ backup:
     sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
     created: "2025-01-01T02:00:03Z"
     verified: true
+    legacy: false
+    status: verified
     tables: {trades: 1200}
+skipped:
+  description:
+    - Without O(backup_file), the newer backups that failed pre-flight and were passed over, newest first,
+      each with its C(name) and the C(reason).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - name: sqlite_backup_20250102_020000.db.gz
+      reason: "backup sqlite_backup_20250102_020000.db.gz is unreadable: the gzip stream does not decode"
+not_predicted:
+  description:
+    - In check mode, what a check-mode run cannot know. Pre-flight ran, but the validation of the restored
+      copy, the load and the swap happen only in a real run, so C(ok) in RV(validation) is null.
+  returned: in check mode
+  type: list
+  elements: str
 safety_copy:
   description:
     - Where the database that was live before the restore is kept. A path for SQLite, a database name for
@@ -181,6 +217,7 @@ validation:
     - The checks run, each with C(ok). C(preflight) covers the checksum and the full decode.
       C(integrity), C(row_counts) and C(content_digest) cover the restored copy. C(post_swap) covers the
       live database after the swap.
+    - In check mode C(ok) is null. Only C(preflight) has run, see RV(not_predicted).
   returned: always
   type: dict
   sample:
@@ -221,7 +258,9 @@ duration_seconds:
   returned: always
   type: float
 backups:
-  description: With O(operation=list), the backups on hand, newest first, with their manifest data.
+  description:
+    - With O(operation=list), the backups on hand, newest first, with their manifest data.
+    - The original system's backups are listed too, with C(legacy=true) and C(status) C(legacy, unverified).
   returned: when O(operation=list)
   type: list
   elements: dict
@@ -233,89 +272,22 @@ safety_copies:
 """
 
 # Imports follow the documentation strings, as ansible-doc expects.
+import copy  # noqa: E402
+
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.tradingbot.ops.plugins.module_utils.db_common import COMMON_OPTIONS, BackupError  # noqa: E402
-from ansible_collections.tradingbot.ops.plugins.module_utils.restore_engine import (  # noqa: E402
-    RestoreError,
-    list_restorable,
-    pg_safety_copies,
-    restore_postgresql,
-    restore_sqlite,
-    rollback,
-    sqlite_safety_copies,
-)
-
-ARGUMENT_SPEC = dict(
-    COMMON_OPTIONS,
-    operation={"type": "str", "choices": ["restore", "list", "rollback"], "default": "restore"},
-    backup_file={"type": "str"},
-    safety_copy={"type": "str"},
-    integrity_check={"type": "str", "choices": ["quick", "full"], "default": "quick"},
-    verify_content_digest={"type": "bool", "default": True},
-    maintenance_db={"type": "str", "default": "postgres"},
-    terminate_connections={"type": "bool", "default": True},
-    lock_timeout={"type": "int", "default": 300},
-    log_file={"type": "path"},
-)
-
-
-def _list(params):
-    result = {"changed": False, "backups": list_restorable(params["backup_dir"], params["engine"])}
-    if params["engine"] == "sqlite":
-        result["safety_copies"] = sqlite_safety_copies(params["database"])
-        return result
-    # Listing backups must work even when the server is down, as it may be in an incident.
-    try:
-        result["safety_copies"] = pg_safety_copies(params, params["maintenance_db"])
-    except BackupError as exc:
-        result["safety_copies"] = []
-        result["warnings"] = [f"cannot list safety databases: {exc}"]
-    return result
-
-
-def run(params, check_mode):
-    """Map the module's options onto the engine; return the result or raise BackupError."""
-    engine = params["engine"]
-    if params["operation"] == "list":
-        return _list(params)
-    if params["operation"] == "rollback":
-        return rollback(
-            engine,
-            params["safety_copy"],
-            db_path=params["database"],
-            params=params,
-            check_mode=check_mode,
-            maintenance_db=params["maintenance_db"],
-            log_file=params["log_file"],
-        )
-    common = {
-        "backup_file": params["backup_file"],
-        "check_mode": check_mode,
-        "verify_content_digest": params["verify_content_digest"],
-        "lock_timeout": params["lock_timeout"],
-        "log_file": params["log_file"],
-    }
-    if engine == "sqlite":
-        return restore_sqlite(
-            params["database"], params["backup_dir"], full_integrity_check=params["integrity_check"] == "full", **common
-        )
-    return restore_postgresql(
-        params,
-        params["backup_dir"],
-        maintenance_db=params["maintenance_db"],
-        terminate_connections=params["terminate_connections"],
-        **common,
-    )
+from ansible_collections.tradingbot.ops.plugins.module_utils.errors import BackupError, RestoreError  # noqa: E402
+from ansible_collections.tradingbot.ops.plugins.module_utils.options import RESTORE_OPTIONS  # noqa: E402
+from ansible_collections.tradingbot.ops.plugins.module_utils.restore import run_restore  # noqa: E402
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
+        argument_spec=copy.deepcopy(RESTORE_OPTIONS),
         required_if=[("operation", "rollback", ["safety_copy"])],
         supports_check_mode=True,
     )
     try:
-        result = run(module.params, module.check_mode)
+        result = run_restore(module.params, check_mode=module.check_mode)
     except RestoreError as exc:
         details = dict(exc.result)
         details.pop("msg", None)

@@ -2,11 +2,8 @@
 
 import os
 
-from ansible_collections.tradingbot.ops.plugins.module_utils.db_common import (
-    manifest_path,
-    read_manifest,
-    write_json_atomic,
-)
+from ansible_collections.tradingbot.ops.plugins.module_utils.catalog import manifest_path, read_manifest
+from ansible_collections.tradingbot.ops.plugins.module_utils.fsutil import write_json_atomic
 
 
 def corrupt_flip(path):

@@ -8,9 +8,11 @@ import sys
 import threading
 
 import pytest
-from ansible_collections.tradingbot.ops.plugins.module_utils import backup_engine, db_common
-from ansible_collections.tradingbot.ops.plugins.module_utils.backup_engine import run_backup
-from ansible_collections.tradingbot.ops.plugins.module_utils.db_common import BackupError
+from ansible_collections.tradingbot.ops.plugins.module_utils import catalog, fsutil
+from ansible_collections.tradingbot.ops.plugins.module_utils import compression as codecs
+from ansible_collections.tradingbot.ops.plugins.module_utils.backup import run_backup
+from ansible_collections.tradingbot.ops.plugins.module_utils.engines import pg_client, postgresql
+from ansible_collections.tradingbot.ops.plugins.module_utils.errors import BackupError
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -33,7 +35,7 @@ def batch_sql(n):
 
 
 def psql_as_role(params, sql=None, stdin=None, database=None):
-    env = db_common.pg_connection_env(dict(params, database=database or params["database"]))
+    env = pg_client.pg_connection_env(dict(params, database=database or params["database"]))
     argv = [os.path.join(params["pg_bin_dir"], "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
     argv += ["-c", sql] if sql else []
     return subprocess.run(argv, env=env, input=stdin, capture_output=True, check=True).stdout
@@ -54,9 +56,9 @@ def restore_into(postgres_cluster, backup_path, manifest, name):
     postgres_cluster.drop_database(name)
     postgres_cluster.create_database(name)
     params = postgres_cluster.params(database=name)
-    compression = db_common.compression_of(backup_path)
-    decompress = {"gzip": ["gzip", "-dc"], "zstd": ["zstd", "-dcq"], "none": ["cat"]}[compression]
-    env = db_common.pg_connection_env(params)
+    kind = codecs.compression_of(backup_path)
+    decompress = {"gzip": ["gzip", "-dc"], "zstd": ["zstd", "-dcq"], "none": ["cat"]}[kind]
+    env = pg_client.pg_connection_env(params)
     if manifest["format"] == "custom":
         tool = [os.path.join(postgres.BIN_DIR, "pg_restore"), "--exit-on-error", "-d", name]
     else:
@@ -73,9 +75,9 @@ def restore_into(postgres_cluster, backup_path, manifest, name):
 )
 def test_every_format_restores_to_the_same_content(postgres_cluster, source, tmp_path, fmt, compression):
     result = run_backup(bopts(source, tmp_path / "bk", format=fmt, compression=compression))
-    manifest = db_common.read_manifest(result["path"])
-    assert set(db_common.MANIFEST_KEYS) <= set(manifest)
-    assert manifest["sha256"] == db_common.sha256_file(result["path"])
+    manifest = catalog.read_manifest(result["path"])
+    assert set(catalog.MANIFEST_KEYS) <= set(manifest)
+    assert manifest["sha256"] == fsutil.sha256_file(result["path"])
     assert manifest["size"] == os.path.getsize(result["path"])
     assert manifest["tables"] == {"public.batches": 30, "public.ledger": 30 * ROWS_PER_BATCH}
     assert manifest["source"] == {
@@ -92,14 +94,14 @@ def test_every_format_restores_to_the_same_content(postgres_cluster, source, tmp
     assert ("completion comment" in method) == (fmt == "plain")
     assert os.stat(result["path"]).st_mode & 0o777 == 0o640
     restored = restore_into(postgres_cluster, result["path"], manifest, f"r_{fmt}_{compression}")
-    assert db_common.pg_table_counts(restored) == manifest["tables"]
-    assert db_common.pg_content_digest(restored) == db_common.pg_content_digest(source)
+    assert pg_client.pg_table_counts(restored) == manifest["tables"]
+    assert pg_client.pg_content_digest(restored) == pg_client.pg_content_digest(source)
     postgres_cluster.drop_database(restored["database"])
 
 
 def test_dump_and_row_counts_share_one_snapshot_under_concurrent_writes(postgres_cluster, source, tmp_path):
     script = "".join(batch_sql(n) for n in range(31, 2031))
-    env = db_common.pg_connection_env(source)
+    env = pg_client.pg_connection_env(source)
     writer = subprocess.Popen(
         [os.path.join(postgres.BIN_DIR, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1"],
         stdin=subprocess.PIPE,
@@ -116,15 +118,15 @@ def test_dump_and_row_counts_share_one_snapshot_under_concurrent_writes(postgres
     assert writer.returncode == 0
     seen = set()
     for index, result in enumerate(results):
-        manifest = db_common.read_manifest(result["path"])
+        manifest = catalog.read_manifest(result["path"])
         restored = restore_into(postgres_cluster, result["path"], manifest, f"snap_{index}")
         batches = int(psql_as_role(restored, "SELECT count(*) FROM batches"))
         top = int(psql_as_role(restored, "SELECT max(batch) FROM batches"))
         # A committed state: batches 1..top, each complete.
         assert batches == top
-        assert db_common.pg_table_counts(restored) == {"public.batches": top, "public.ledger": top * ROWS_PER_BATCH}
+        assert pg_client.pg_table_counts(restored) == {"public.batches": top, "public.ledger": top * ROWS_PER_BATCH}
         # The manifest's counts come from pg_dump's own snapshot.
-        assert manifest["tables"] == db_common.pg_table_counts(restored)
+        assert manifest["tables"] == pg_client.pg_table_counts(restored)
         seen.add(top)
         postgres_cluster.drop_database(restored["database"])
     assert max(seen) > 30
@@ -177,7 +179,7 @@ def test_wrong_password_fails_clearly_with_bounded_retries_then_the_breaker_open
         run_backup(options)
     assert log.read_text().count("connection attempt") == 3
     assert wrong not in log.read_text()
-    assert not [n for n in os.listdir(tmp_path / "bk") if db_common.parse_backup_name(n)]
+    assert not [n for n in os.listdir(tmp_path / "bk") if catalog.parse_backup_name(n)]
 
 
 def test_check_mode_does_not_connect_or_write(source, tmp_path):
@@ -198,7 +200,7 @@ def test_incomplete_plain_dump_is_refused(source, tmp_path):
     digest = hashlib.sha256(cut).hexdigest()
     expected = {"sha256": digest, "size": len(cut), "raw_sha256": digest, "raw_size": len(cut)}
     with pytest.raises(BackupError, match="completion comment"):
-        backup_engine.verify_backup(str(broken), "plain", "none", expected, source)
+        postgresql.verify_backup(str(broken), "plain", "none", expected, source)
 
 
 def test_corrupt_custom_archive_is_caught_by_a_full_decode(source, tmp_path):
@@ -213,7 +215,7 @@ def test_corrupt_custom_archive_is_caught_by_a_full_decode(source, tmp_path):
     digest = hashlib.sha256(blob).hexdigest()
     expected = {"sha256": digest, "size": len(blob), "raw_sha256": digest, "raw_size": len(blob)}
     with pytest.raises(BackupError, match="pg_restore cannot read"):
-        backup_engine.verify_backup(str(broken), "custom", "none", expected, source)
+        postgresql.verify_backup(str(broken), "custom", "none", expected, source)
 
 
 def _ansible(args, check=False):
@@ -240,7 +242,7 @@ def test_module_hides_the_password_and_check_mode_writes_nothing(source, tmp_pat
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert postgres.PASSWORD not in proc.stdout + proc.stderr
     assert "CHANGED" in proc.stdout
-    backups = db_common.list_backups(str(tmp_path / "bk"), "postgresql")
+    backups = catalog.list_backups(str(tmp_path / "bk"), "postgresql")
     assert len(backups) == 1
     assert backups[0]["path"] in proc.stdout
 
@@ -256,4 +258,4 @@ def test_a_failing_pg_dump_leaves_nothing_behind(postgres_cluster, source, tmp_p
     assert names == sorted(
         [os.path.basename(kept["path"]), os.path.basename(kept["manifest"]), ".postgres_backup.lock"]
     )
-    assert db_common.sha256_file(kept["path"]) == kept["sha256"]
+    assert fsutil.sha256_file(kept["path"]) == kept["sha256"]

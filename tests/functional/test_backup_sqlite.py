@@ -16,9 +16,11 @@ import threading
 import time
 
 import pytest
-from ansible_collections.tradingbot.ops.plugins.module_utils import backup_engine, db_common
-from ansible_collections.tradingbot.ops.plugins.module_utils.backup_engine import run_backup
-from ansible_collections.tradingbot.ops.plugins.module_utils.db_common import BackupError
+from ansible_collections.tradingbot.ops.plugins.module_utils import catalog, fsutil
+from ansible_collections.tradingbot.ops.plugins.module_utils import compression as codecs
+from ansible_collections.tradingbot.ops.plugins.module_utils.backup import run_backup
+from ansible_collections.tradingbot.ops.plugins.module_utils.engines import sqlite_db
+from ansible_collections.tradingbot.ops.plugins.module_utils.errors import BackupError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROWS_PER_BATCH = 40
@@ -74,13 +76,13 @@ def opts(db, backup_dir, **extra):
 
 def restore_to(backup_path, target):
     """Decompress with the standard tools (not our code) into ``target``."""
-    compression = db_common.compression_of(backup_path)
+    kind = codecs.compression_of(backup_path)
     with open(target, "wb") as out:
-        if compression == "none":
+        if kind == "none":
             with open(backup_path, "rb") as src:
                 shutil.copyfileobj(src, out)
         else:
-            tool = ["gzip", "-dc", backup_path] if compression == "gzip" else ["zstd", "-dcq", backup_path]
+            tool = ["gzip", "-dc", backup_path] if kind == "gzip" else ["zstd", "-dcq", backup_path]
             subprocess.run(tool, stdout=out, check=True)
     conn = sqlite3.connect(target)
     try:
@@ -105,17 +107,17 @@ def dir_state(path):
 
 def age_backup(path, days, keep=False):
     """Rename (or with ``keep``, copy) a backup and its manifest as if taken ``days`` ago."""
-    parsed = db_common.parse_backup_name(os.path.basename(path))
+    parsed = catalog.parse_backup_name(os.path.basename(path))
     moment = parsed["timestamp"] - datetime.timedelta(days=days)
-    name = db_common.backup_name(parsed["engine"], moment, parsed["format"], db_common.compression_of(path))
+    name = catalog.backup_name(parsed["engine"], moment, parsed["format"], codecs.compression_of(path))
     new = os.path.join(os.path.dirname(path), name)
-    manifest = db_common.read_manifest(path)
+    manifest = catalog.read_manifest(path)
     manifest["file"] = name
-    db_common.write_json_atomic(db_common.manifest_path(new), manifest)
+    fsutil.write_json_atomic(catalog.manifest_path(new), manifest)
     if keep:
         shutil.copy2(path, new)
     else:
-        os.unlink(db_common.manifest_path(path))
+        os.unlink(catalog.manifest_path(path))
         os.rename(path, new)
     return new
 
@@ -124,7 +126,7 @@ def aged_backups(db, backup_dir, ages):
     """One real backup, cloned under older names: ``ages`` in days, returned in that order."""
     first = run_backup(opts(db, backup_dir))["path"]
     paths = [age_backup(first, days, keep=True) for days in ages]
-    os.unlink(db_common.manifest_path(first))
+    os.unlink(catalog.manifest_path(first))
     os.unlink(first)
     return paths
 
@@ -170,11 +172,11 @@ def test_snapshot_is_a_committed_state_under_a_concurrent_writer(tmp_path, app_d
         seen.add(last)
         reference = str(tmp_path / "reference.db")
         apply_batches(reference, 1, last)
-        assert db_common.sqlite_table_counts(restored) == db_common.sqlite_table_counts(reference)
-        assert db_common.sqlite_content_digest(restored) == db_common.sqlite_content_digest(reference)
-        manifest = db_common.read_manifest(result["path"])
+        assert sqlite_db.sqlite_table_counts(restored) == sqlite_db.sqlite_table_counts(reference)
+        assert sqlite_db.sqlite_content_digest(restored) == sqlite_db.sqlite_content_digest(reference)
+        manifest = catalog.read_manifest(result["path"])
         assert manifest["tables"] == {"batches": last, "ledger": last * ROWS_PER_BATCH}
-        assert manifest["content_digest"] == db_common.sqlite_content_digest(reference)
+        assert manifest["content_digest"] == sqlite_db.sqlite_content_digest(reference)
         os.unlink(restored)
         os.unlink(reference)
     # The writer really ran between the backups.
@@ -191,10 +193,10 @@ def test_backup_restores_and_its_manifest_is_right(tmp_path, app_db, compression
     assert path.endswith(suffix)
     assert result["changed"] is True
     restored = restore_to(path, str(tmp_path / "restored.db"))
-    assert db_common.sqlite_content_digest(restored) == db_common.sqlite_content_digest(app_db)
+    assert sqlite_db.sqlite_content_digest(restored) == sqlite_db.sqlite_content_digest(app_db)
 
-    manifest = db_common.read_manifest(path)
-    assert set(db_common.MANIFEST_KEYS) <= set(manifest)
+    manifest = catalog.read_manifest(path)
+    assert set(catalog.MANIFEST_KEYS) <= set(manifest)
     with open(path, "rb") as handle:
         assert manifest["sha256"] == hashlib.sha256(handle.read()).hexdigest() == result["sha256"]
     assert manifest["size"] == os.path.getsize(path) == result["size"]
@@ -204,7 +206,7 @@ def test_backup_restores_and_its_manifest_is_right(tmp_path, app_db, compression
     assert manifest["engine"] == "sqlite"
     assert manifest["compression"] == compression
     assert manifest["tables"] == {"batches": 50, "ledger": 50 * ROWS_PER_BATCH}
-    assert manifest["content_digest"] == db_common.sqlite_content_digest(app_db)
+    assert manifest["content_digest"] == sqlite_db.sqlite_content_digest(app_db)
     assert manifest["verification"]["ok"] is True
     assert "integrity_check ok" in manifest["verification"]["detail"]
     assert manifest["source"]["path"] == app_db
@@ -215,7 +217,7 @@ def test_backup_restores_and_its_manifest_is_right(tmp_path, app_db, compression
     assert sorted(os.listdir(backup_dir)) == sorted(
         [os.path.basename(path), os.path.basename(path) + ".manifest.json", ".sqlite_backup.lock"]
     )
-    assert db_common.list_backups(str(backup_dir), "sqlite")[0]["path"] == path
+    assert catalog.list_backups(str(backup_dir), "sqlite")[0]["path"] == path
 
 
 def test_file_modes_and_owner(tmp_path, app_db):
@@ -225,7 +227,7 @@ def test_file_modes_and_owner(tmp_path, app_db):
         stat = os.stat(path)
         assert stat.st_mode & 0o7777 == 0o640
         assert (stat.st_uid, stat.st_gid) == (nobody.pw_uid, nobody.pw_gid)
-    assert os.stat(db_common.lock_path(str(tmp_path / "bk"), "sqlite")).st_mode & 0o777 == 0o600
+    assert os.stat(catalog.lock_path(str(tmp_path / "bk"), "sqlite")).st_mode & 0o777 == 0o600
     result = run_backup(opts(app_db, tmp_path / "bk2", mode="0600"))
     assert os.stat(result["path"]).st_mode & 0o7777 == 0o600
 
@@ -242,8 +244,8 @@ def test_retention_keeps_the_newest_verified_and_never_touches_foreign_files(tmp
     # Our name and a manifest, but written by someone else.
     other = backup_dir / "sqlite_backup_20200102_000000.db.gz"
     other.write_bytes(b"x")
-    db_common.write_json_atomic(
-        db_common.manifest_path(str(other)), {"created_by": "someone", "file": other.name, "verification": {"ok": True}}
+    fsutil.write_json_atomic(
+        catalog.manifest_path(str(other)), {"created_by": "someone", "file": other.name, "verification": {"ok": True}}
     )
 
     # Every managed backup is older than the age limit, and the keep-verified rule protects 2.
@@ -254,7 +256,7 @@ def test_retention_keeps_the_newest_verified_and_never_touches_foreign_files(tmp
         assert os.path.exists(path)
     for path in old[:2]:
         assert not os.path.exists(path)
-        assert not os.path.exists(db_common.manifest_path(path))
+        assert not os.path.exists(catalog.manifest_path(path))
 
 
 def test_a_failed_backup_leaves_old_backups_and_skips_retention(tmp_path, app_db):
@@ -277,7 +279,7 @@ def test_lock_contention_fails_with_a_clear_message_or_waits(tmp_path, app_db):
     backup_dir = tmp_path / "bk"
     backup_dir.mkdir()
     config = opts(app_db, backup_dir, lock_timeout=0, log_file=str(tmp_path / "backup.log"))
-    with db_common.dir_lock(str(backup_dir), "sqlite", 0):
+    with catalog.dir_lock(str(backup_dir), "sqlite", 0):
         proc = run_cli(config, tmp_path)
         _out, err = proc.communicate(timeout=60)
         assert proc.returncode == 1
@@ -289,11 +291,11 @@ def test_lock_contention_fails_with_a_clear_message_or_waits(tmp_path, app_db):
         waiting = run_cli(dict(config, lock_timeout=60), tmp_path)
         time.sleep(0.5)
         assert waiting.poll() is None
-        assert db_common.list_backups(str(backup_dir)) == []
+        assert catalog.list_backups(str(backup_dir)) == []
     out, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 0, err
     assert json.loads(out)["path"].startswith(str(backup_dir))
-    assert len(db_common.list_backups(str(backup_dir))) == 1
+    assert len(catalog.list_backups(str(backup_dir))) == 1
     assert "another sqlite backup or restore is running" in (tmp_path / "backup.log").read_text()
 
 
@@ -328,11 +330,11 @@ def test_kill_9_mid_backup_leaves_nothing_that_looks_valid(tmp_path, big_db):
     assert proc.returncode == -signal.SIGKILL
     leftovers = os.listdir(backup_dir)
     assert [n for n in leftovers if ".tmp-" in n]  # the kill really hit mid-write
-    assert not [n for n in leftovers if db_common.BACKUP_NAME_RE.match(n)]
-    assert db_common.list_backups(str(backup_dir)) == []
+    assert not [n for n in leftovers if catalog.BACKUP_NAME_RE.match(n)]
+    assert catalog.list_backups(str(backup_dir)) == []
 
     result = run_backup(opts(big_db, backup_dir, compression="zstd"))
-    assert [b["path"] for b in db_common.list_backups(str(backup_dir))] == [result["path"]]
+    assert [b["path"] for b in catalog.list_backups(str(backup_dir))] == [result["path"]]
     names = os.listdir(backup_dir)
     assert not [n for n in names if ".tmp-" in n or ".snapshot-" in n]
 
@@ -345,7 +347,7 @@ def test_sigterm_mid_backup_cleans_up_and_fails_clearly(tmp_path, big_db):
     assert proc.returncode == 128 + signal.SIGTERM
     assert sorted(os.listdir(backup_dir)) == [".sqlite_backup.lock"]
     # The lock went with the process.
-    with db_common.dir_lock(str(backup_dir), "sqlite", 0):
+    with catalog.dir_lock(str(backup_dir), "sqlite", 0):
         pass
 
 
@@ -359,9 +361,9 @@ def test_leftovers_of_this_engine_only_are_cleaned(tmp_path, app_db):
     for path in (own_temp, own_snapshot, other_temp, foreign):
         path.write_bytes(b"partial")
     orphan = backup_dir / "sqlite_backup_20250101_000000.db.gz.manifest.json"
-    db_common.write_json_atomic(str(orphan), {"created_by": "tradingbot.ops", "file": orphan.name[:-14]})
+    fsutil.write_json_atomic(str(orphan), {"created_by": "tradingbot.ops", "file": orphan.name[:-14]})
     other_orphan = backup_dir / "postgres_backup_20250101_000000.sql.gz.manifest.json"
-    db_common.write_json_atomic(str(other_orphan), {"created_by": "tradingbot.ops", "file": other_orphan.name[:-14]})
+    fsutil.write_json_atomic(str(other_orphan), {"created_by": "tradingbot.ops", "file": other_orphan.name[:-14]})
     log = tmp_path / "backup.log"
     run_backup(opts(app_db, backup_dir, log_file=str(log)))
     for path in (own_temp, own_snapshot, orphan):
@@ -399,7 +401,7 @@ def test_full_disk_fails_clearly_and_keeps_older_backups(tmp_path, small_fs, blo
     with pytest.raises(BackupError, match="no space left on device; older backups are untouched"):
         run_backup(opts(db, small_fs, retention_days=0, retention_count=1))
     assert dir_state(small_fs) == before
-    assert db_common.sha256_file(first["path"]) == db_common.read_manifest(first["path"])["sha256"]
+    assert fsutil.sha256_file(first["path"]) == catalog.read_manifest(first["path"])["sha256"]
 
 
 def test_check_mode_changes_nothing_and_predicts_retention(tmp_path, app_db):
@@ -407,7 +409,9 @@ def test_check_mode_changes_nothing_and_predicts_retention(tmp_path, app_db):
     old = aged_backups(app_db, backup_dir, (30, 20))
     before = dir_state(backup_dir)
     db_before = dir_state(os.path.dirname(app_db))
-    planned = run_backup(opts(app_db, backup_dir, log_file=str(tmp_path / "log"), metrics_dir=str(tmp_path)), True)
+    # Pinned to the newest verified backup only, so the old ones are due (the default keeps 3).
+    config = opts(app_db, backup_dir, log_file=str(tmp_path / "log"), metrics_dir=str(tmp_path))
+    planned = run_backup(dict(config, retention_keep_verified=1), True)
     assert dir_state(backup_dir) == before
     assert dir_state(os.path.dirname(app_db)) == db_before
     assert not (tmp_path / "log").exists()
@@ -415,7 +419,7 @@ def test_check_mode_changes_nothing_and_predicts_retention(tmp_path, app_db):
     assert planned["changed"] is True
     assert os.path.dirname(planned["path"]) == str(backup_dir)
     assert sorted(planned["deleted"]) == sorted(old)
-    real = run_backup(opts(app_db, backup_dir))
+    real = run_backup(opts(app_db, backup_dir, retention_keep_verified=1))
     assert real["deleted"] == planned["deleted"]
     # A backup dir that does not exist yet is not created in check mode.
     run_backup(opts(app_db, tmp_path / "new"), check_mode=True)
@@ -484,7 +488,7 @@ def test_bad_input_fails_clearly_and_keeps_backups(tmp_path, app_db, monkeypatch
         if case == "backup-dir-read-only":
             subprocess.run(["umount", "-l", options["backup_dir"]], check=True)
     assert dir_state(backup_dir) == before
-    assert db_common.sha256_file(kept["path"]) == kept["sha256"]
+    assert fsutil.sha256_file(kept["path"]) == kept["sha256"]
 
 
 def test_cli_exit_codes_log_and_metrics(tmp_path, app_db):
@@ -498,7 +502,7 @@ def test_cli_exit_codes_log_and_metrics(tmp_path, app_db):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     summary = json.loads(out)
-    assert summary["sha256"] == db_common.read_manifest(summary["path"])["sha256"]
+    assert summary["sha256"] == catalog.read_manifest(summary["path"])["sha256"]
     prom = (metrics / "tradingbot_backup_sqlite.prom").read_text()
     assert "tradingbot_backup_last_result{" in prom
     success_line = next(line for line in prom.splitlines() if line.startswith("tradingbot_backup_last_success"))
@@ -538,7 +542,7 @@ def test_cli_main_in_process(tmp_path, app_db, capsys):
     assert not (tmp_path / "bk").exists()
     assert json.loads(capsys.readouterr().out)["path"].endswith(".db.zst")
     assert backup_cli.main(["--config", str(config)]) == 0
-    assert len(db_common.list_backups(str(tmp_path / "bk"), "sqlite")) == 1
+    assert len(catalog.list_backups(str(tmp_path / "bk"), "sqlite")) == 1
     config.write_text(json.dumps(opts(app_db, tmp_path / "bk", compression="lz4")))
     assert backup_cli.main(["--config", str(config)]) == 1
     assert capsys.readouterr().err.startswith("tradingbot backup failed: option compression must be one of")
@@ -563,11 +567,11 @@ def test_two_runs_in_one_second_get_distinct_names(tmp_path, app_db):
     for thread in threads:
         thread.join()
     assert len({r["path"] for r in results}) == 2
-    assert len(db_common.list_backups(str(backup_dir))) == 2
+    assert len(catalog.list_backups(str(backup_dir))) == 2
 
 
 def test_compression_workers_bound():
-    assert 1 <= backup_engine.compression_workers() <= 4
+    assert 1 <= codecs.compression_workers() <= 4
 
 
 @pytest.mark.skipif(
@@ -604,7 +608,7 @@ def test_backup_playbook_plans_then_writes(tmp_path):
     assert not (base / "backups").exists()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    (backup,) = db_common.list_backups(str(base / "backups"), "sqlite")
+    (backup,) = catalog.list_backups(str(base / "backups"), "sqlite")
     assert backup["manifest"]["tables"] == {"batches": 3, "ledger": 3 * ROWS_PER_BATCH}
     assert "backup written" in (base / "logs" / "backup.log").read_text()
 
@@ -638,7 +642,7 @@ def test_unreadable_database_fails_clearly(app_db):
         )
         assert proc.returncode == 1, proc.stderr
         assert proc.stderr == f"tradingbot backup failed: cannot read SQLite database {db}: Permission denied\n"
-        assert [b["path"] for b in db_common.list_backups(backup_dir)] == [kept["path"]]
-        assert db_common.sha256_file(kept["path"]) == kept["sha256"]
+        assert [b["path"] for b in catalog.list_backups(backup_dir)] == [kept["path"]]
+        assert fsutil.sha256_file(kept["path"]) == kept["sha256"]
     finally:
         shutil.rmtree(root)

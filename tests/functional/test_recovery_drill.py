@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from ansible_collections.tradingbot.ops.plugins.module_utils import backup_engine, recovery_drill
+from ansible_collections.tradingbot.ops.plugins.module_utils import backup, recovery_drill
 from damage import corrupt_flip
 
 
@@ -29,7 +29,7 @@ def deployment(tmp_path):
     live_db = data / "tradingbot.db"
     recovery_drill.make_scratch_sqlite(str(live_db), rows=50)
     config = {"engine": "sqlite", "database": str(live_db), "backup_dir": str(backups)}
-    latest = backup_engine.run_backup(dict(config))["path"]
+    latest = backup.run_backup(dict(config))["path"]
     logrotate = tmp_path / "logrotate.conf"
     logrotate.write_text(f"{tmp_path}/app.log {{\n  daily\n  rotate 3\n  missingok\n}}\n")
     config_file = tmp_path / "backup.json"

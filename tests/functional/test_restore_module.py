@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from ansible_collections.tradingbot.ops.plugins.module_utils.backup_engine import run_backup
-from ansible_collections.tradingbot.ops.plugins.module_utils.db_common import sqlite_content_digest
+from ansible_collections.tradingbot.ops.plugins.module_utils.backup import run_backup
+from ansible_collections.tradingbot.ops.plugins.module_utils.engines.sqlite_db import sqlite_content_digest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

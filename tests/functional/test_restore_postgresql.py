@@ -5,18 +5,17 @@ import os
 import subprocess
 
 import pytest
-from ansible_collections.tradingbot.ops.plugins.module_utils import restore_engine
-from ansible_collections.tradingbot.ops.plugins.module_utils.backup_engine import run_backup
-from ansible_collections.tradingbot.ops.plugins.module_utils.db_common import (
-    manifest_path,
+from ansible_collections.tradingbot.ops.plugins.module_utils import restore
+from ansible_collections.tradingbot.ops.plugins.module_utils.backup import run_backup
+from ansible_collections.tradingbot.ops.plugins.module_utils.catalog import manifest_path, read_manifest
+from ansible_collections.tradingbot.ops.plugins.module_utils.engines.pg_client import (
     pg_binary,
     pg_connection_env,
     pg_content_digest,
-    read_manifest,
-    sha256_file,
-    write_json_atomic,
+    psql_script,
 )
-from ansible_collections.tradingbot.ops.plugins.module_utils.restore_engine import RestoreError, psql_script
+from ansible_collections.tradingbot.ops.plugins.module_utils.errors import RestoreError
+from ansible_collections.tradingbot.ops.plugins.module_utils.fsutil import sha256_file, write_json_atomic
 from damage import corrupt_flip, corrupt_manifest_checksum, corrupt_truncate
 
 _names = itertools.count()
@@ -75,7 +74,7 @@ def test_round_trip_swaps_in_the_backup_and_keeps_the_old_database(pg_site, post
     postgres_cluster.psql(f"ALTER DATABASE {name} SET work_mem = '7MB'", database="postgres")
     postgres_cluster.psql(f"REVOKE CONNECT, TEMPORARY ON DATABASE {name} FROM PUBLIC", database="postgres")
 
-    result = restore_engine.restore_postgresql(params, pg_site["backup_dir"])
+    result = restore.restore_postgresql(params, pg_site["backup_dir"])
 
     assert result["changed"] is True
     assert result["validation"]["ok"] is True
@@ -93,9 +92,10 @@ def test_round_trip_swaps_in_the_backup_and_keeps_the_old_database(pg_site, post
 
 def test_rollback_swaps_the_previous_database_back(pg_site, postgres_cluster):
     params, name = pg_site["params"], pg_site["name"]
-    result = restore_engine.restore_postgresql(params, pg_site["backup_dir"])
+    result = restore.restore_postgresql(params, pg_site["backup_dir"])
 
-    back = restore_engine.rollback("postgresql", result["safety_copy"], params=params)
+    rollback = dict(params, engine="postgresql", operation="rollback", safety_copy=result["safety_copy"])
+    back = restore.run_restore(dict(rollback, backup_dir=pg_site["backup_dir"]))
 
     assert back["rolled_back"] is True
     assert pg_content_digest(params) == pg_site["current"]
@@ -124,7 +124,7 @@ def test_open_sessions_on_the_live_database_are_ended_for_the_swap(pg_site):
                 break
         else:
             pytest.fail("the idle session never showed up")
-        result = restore_engine.restore_postgresql(params, pg_site["backup_dir"])
+        result = restore.restore_postgresql(params, pg_site["backup_dir"])
         assert idle.wait(timeout=60) != 0
     finally:
         idle.kill()
@@ -139,9 +139,7 @@ def test_corrupt_backup_is_refused_and_live_database_untouched(pg_site, postgres
     corrupt(pg_site["backup"])
 
     with pytest.raises(RestoreError) as info:
-        restore_engine.restore_postgresql(
-            params, pg_site["backup_dir"], backup_file=os.path.basename(pg_site["backup"])
-        )
+        restore.restore_postgresql(params, pg_site["backup_dir"], backup_file=os.path.basename(pg_site["backup"]))
 
     assert "refused, nothing changed" in str(info.value)
     assert info.value.result["live_untouched"] is True
@@ -157,7 +155,7 @@ def test_restore_failing_validation_leaves_exactly_the_previous_content(pg_site,
     write_json_atomic(manifest_path(pg_site["backup"]), manifest)
 
     with pytest.raises(RestoreError) as info:
-        restore_engine.restore_postgresql(params, pg_site["backup_dir"])
+        restore.restore_postgresql(params, pg_site["backup_dir"])
 
     result = info.value.result
     assert result["validation"]["checks"]["row_counts"]["mismatches"] == {
@@ -172,7 +170,7 @@ def test_restore_failing_validation_leaves_exactly_the_previous_content(pg_site,
 def test_path_traversal_is_refused(pg_site):
     for bad in ("../" + os.path.basename(pg_site["backup"]), "/etc/passwd", "sqlite_backup_20250101_000000.db.gz"):
         with pytest.raises(RestoreError, match="refusing"):
-            restore_engine.restore_postgresql(pg_site["params"], pg_site["backup_dir"], backup_file=bad)
+            restore.restore_postgresql(pg_site["params"], pg_site["backup_dir"], backup_file=bad)
     assert pg_content_digest(pg_site["params"]) == pg_site["current"]
 
 
@@ -180,7 +178,7 @@ def test_check_mode_changes_nothing(pg_site, postgres_cluster):
     params, name = pg_site["params"], pg_site["name"]
     before = sorted(os.listdir(pg_site["backup_dir"]))
 
-    result = restore_engine.restore_postgresql(params, pg_site["backup_dir"], check_mode=True)
+    result = restore.restore_postgresql(params, pg_site["backup_dir"], check_mode=True)
 
     assert result["changed"] is True
     assert result["plan"]["live_exists"] is True
@@ -197,7 +195,7 @@ def test_custom_format_zstd_round_trip(pg_site, postgres_cluster, tmp_path):
     run_backup(dict(params, engine="postgresql", backup_dir=str(backup_dir), format="custom", compression="zstd"))
     psql_script(params, "DELETE FROM trades WHERE id < 100", name)
 
-    result = restore_engine.restore_postgresql(params, str(backup_dir))
+    result = restore.restore_postgresql(params, str(backup_dir))
 
     assert result["backup"]["name"].endswith(".dump.zst")
     assert pg_content_digest(params) == pg_site["current"]
@@ -214,7 +212,7 @@ def test_a_dump_that_fails_to_load_is_refused_and_rolled_back_whole(pg_site, pos
     current = pg_content_digest(params)
 
     with pytest.raises(RestoreError) as info:
-        restore_engine.restore_postgresql(params, str(backup_dir))
+        restore.restore_postgresql(params, str(backup_dir))
 
     assert "loading failed" in str(info.value)
     assert "must be" in str(info.value)  # psql's own error line is reported
@@ -234,7 +232,7 @@ def test_damage_behind_a_matching_checksum_is_caught_while_loading(pg_site, post
     write_json_atomic(manifest_path(pg_site["backup"]), manifest)
 
     with pytest.raises(RestoreError) as info:
-        restore_engine.restore_postgresql(params, pg_site["backup_dir"])
+        restore.restore_postgresql(params, pg_site["backup_dir"])
 
     assert "live database untouched" in str(info.value)
     assert info.value.result["live_untouched"] is True
@@ -243,4 +241,4 @@ def test_damage_behind_a_matching_checksum_is_caught_while_loading(pg_site, post
 
     # Check mode decodes the whole file up front, so it names the problem before anything runs.
     with pytest.raises(RestoreError, match="would be refused"):
-        restore_engine.restore_postgresql(params, pg_site["backup_dir"], check_mode=True)
+        restore.restore_postgresql(params, pg_site["backup_dir"], check_mode=True)

@@ -10,15 +10,12 @@ import sys
 import tempfile
 
 import pytest
-from ansible_collections.tradingbot.ops.plugins.module_utils import restore_engine
-from ansible_collections.tradingbot.ops.plugins.module_utils.backup_engine import run_backup
-from ansible_collections.tradingbot.ops.plugins.module_utils.db_common import (
-    manifest_path,
-    read_manifest,
-    sqlite_content_digest,
-    write_json_atomic,
-)
-from ansible_collections.tradingbot.ops.plugins.module_utils.restore_engine import RestoreError
+from ansible_collections.tradingbot.ops.plugins.module_utils import catalog, restore
+from ansible_collections.tradingbot.ops.plugins.module_utils.backup import run_backup
+from ansible_collections.tradingbot.ops.plugins.module_utils.catalog import manifest_path, read_manifest
+from ansible_collections.tradingbot.ops.plugins.module_utils.engines.sqlite_db import sqlite_content_digest
+from ansible_collections.tradingbot.ops.plugins.module_utils.errors import RestoreError
+from ansible_collections.tradingbot.ops.plugins.module_utils.fsutil import write_json_atomic
 from damage import corrupt_flip, corrupt_manifest_checksum, corrupt_truncate
 
 
@@ -82,7 +79,7 @@ def test_round_trip_restores_the_backup_and_keeps_the_old_database(site):
     assert site["current"] != site["backed_up"]
     inode_before = os.stat(site["db"]).st_ino
 
-    result = restore_engine.restore_sqlite(site["db"], site["backup_dir"])
+    result = restore.restore_sqlite(site["db"], site["backup_dir"])
 
     assert result["changed"] is True
     assert result["rolled_back"] is False
@@ -104,9 +101,17 @@ def test_round_trip_restores_the_backup_and_keeps_the_old_database(site):
 
 def test_rollback_puts_exactly_the_previous_database_back(site):
     inode_before = os.stat(site["db"]).st_ino
-    result = restore_engine.restore_sqlite(site["db"], site["backup_dir"])
+    result = restore.restore_sqlite(site["db"], site["backup_dir"])
 
-    back = restore_engine.rollback("sqlite", result["safety_copy"], db_path=site["db"])
+    back = restore.run_restore(
+        {
+            "engine": "sqlite",
+            "database": site["db"],
+            "backup_dir": site["backup_dir"],
+            "operation": "rollback",
+            "safety_copy": result["safety_copy"],
+        }
+    )
 
     assert back["rolled_back"] is True
     assert os.listdir(site["data"]) == ["tradingbot.db"]
@@ -129,7 +134,7 @@ def test_uncheckpointed_wal_goes_with_the_safety_copy_and_is_not_replayed(site):
     with_wal = content_of(site["db"])
     assert with_wal != site["current"]
 
-    result = restore_engine.restore_sqlite(site["db"], site["backup_dir"])
+    result = restore.restore_sqlite(site["db"], site["backup_dir"])
 
     assert sorted(os.listdir(site["data"])) == sorted(
         ["tradingbot.db", os.path.basename(result["safety_copy"]), os.path.basename(result["safety_copy"]) + "-wal"]
@@ -144,7 +149,7 @@ def test_corrupt_backup_is_refused_and_live_database_untouched(site, corrupt):
     before = tree_state(site["data"])
 
     with pytest.raises(RestoreError) as info:
-        restore_engine.restore_sqlite(site["db"], site["backup_dir"], backup_file=os.path.basename(site["backup"]))
+        restore.restore_sqlite(site["db"], site["backup_dir"], backup_file=os.path.basename(site["backup"]))
 
     result = info.value.result
     assert "refused" in str(info.value)
@@ -168,7 +173,7 @@ def test_restore_failing_validation_leaves_exactly_the_previous_content(site, fi
     before = tree_state(site["data"])
 
     with pytest.raises(RestoreError) as info:
-        restore_engine.restore_sqlite(site["db"], site["backup_dir"])
+        restore.restore_sqlite(site["db"], site["backup_dir"])
 
     result = info.value.result
     check = "row_counts" if field == "tables" else "content_digest"
@@ -194,20 +199,20 @@ def test_names_escaping_the_backup_dir_are_refused(site, tmp_path):
 
     for bad in (f"../elsewhere/{name}", other, f"./{name}", "..", "/etc/passwd", link, os.path.basename(link)):
         with pytest.raises(RestoreError) as info:
-            restore_engine.restore_sqlite(site["db"], site["backup_dir"], backup_file=bad)
+            restore.restore_sqlite(site["db"], site["backup_dir"], backup_file=bad)
         assert "refusing" in str(info.value), bad
         assert info.value.result["live_untouched"] is True
 
     assert tree_state(site["data"]) == before
     # An absolute path directly inside the backup dir is the same as its name.
-    result = restore_engine.restore_sqlite(site["db"], site["backup_dir"], backup_file=site["backup"])
+    result = restore.restore_sqlite(site["db"], site["backup_dir"], backup_file=site["backup"])
     assert result["backup"]["path"] == site["backup"]
 
 
 def test_check_mode_plans_and_changes_nothing(site):
     before_data, before_backups = tree_state(site["data"]), tree_state(site["backup_dir"])
 
-    result = restore_engine.restore_sqlite(site["db"], site["backup_dir"], check_mode=True)
+    result = restore.restore_sqlite(site["db"], site["backup_dir"], check_mode=True)
 
     assert result["changed"] is True
     assert result["plan"]["over"] == site["db"]
@@ -220,7 +225,7 @@ def test_check_mode_plans_and_changes_nothing(site):
 def test_check_mode_reports_a_corrupt_backup(site):
     corrupt_flip(site["backup"])
     with pytest.raises(RestoreError) as info:
-        restore_engine.restore_sqlite(site["db"], site["backup_dir"], check_mode=True)
+        restore.restore_sqlite(site["db"], site["backup_dir"], check_mode=True)
     assert "would be refused" in str(info.value)
 
 
@@ -232,12 +237,12 @@ def test_latest_verified_backup_is_chosen_and_list_shows_manifests(site):
     manifest["verification"]["ok"] = False
     write_json_atomic(manifest_path(newer), manifest)
 
-    listed = restore_engine.list_restorable(site["backup_dir"], "sqlite")
+    listed = catalog.list_restorable(site["backup_dir"], "sqlite")
     assert [entry["path"] for entry in listed] == [newer, site["backup"]]
     assert [entry["verified"] for entry in listed] == [False, True]
     assert listed[1]["tables"] == {"orders": 500, "trades": 500}
 
-    result = restore_engine.restore_sqlite(site["db"], site["backup_dir"])
+    result = restore.restore_sqlite(site["db"], site["backup_dir"])
     assert result["backup"]["path"] == site["backup"]
 
 
@@ -246,14 +251,14 @@ def test_no_verified_backup_is_a_refusal(tmp_path):
     write_rows(db, 0, 3)
     (tmp_path / "b").mkdir()
     with pytest.raises(RestoreError) as info:
-        restore_engine.restore_sqlite(db, str(tmp_path / "b"))
+        restore.restore_sqlite(db, str(tmp_path / "b"))
     assert "no verified sqlite backup" in str(info.value)
     assert json.dumps(info.value.result)  # the result is plain data for the module
 
 
 def test_restore_onto_a_missing_database_creates_it(site):
     os.unlink(site["db"])
-    result = restore_engine.restore_sqlite(site["db"], site["backup_dir"])
+    result = restore.restore_sqlite(site["db"], site["backup_dir"])
     assert result["safety_copy"] is None
     assert content_of(site["db"]) == site["backed_up"]
 
@@ -276,10 +281,10 @@ def test_zstd_backup_round_trip_and_corruption(site, tmp_path):
 
     # Even with a manifest that matches the damaged file, zstd's own checksum refuses it.
     with pytest.raises(RestoreError, match="refused"):
-        restore_engine.restore_sqlite(site["db"], str(bad_dir))
+        restore.restore_sqlite(site["db"], str(bad_dir))
     assert tree_state(site["data"]) == before
 
-    result = restore_engine.restore_sqlite(site["db"], str(zstd_dir))
+    result = restore.restore_sqlite(site["db"], str(zstd_dir))
     assert result["backup"]["compression"] == "zstd"
     assert content_of(site["db"]) == expected
 
@@ -295,7 +300,7 @@ def test_gzip_damage_behind_a_matching_checksum_is_caught_by_the_decode(site):
     before = tree_state(site["data"])
 
     with pytest.raises(RestoreError) as info:
-        restore_engine.restore_sqlite(site["db"], site["backup_dir"])
+        restore.restore_sqlite(site["db"], site["backup_dir"])
 
     assert "unreadable" in str(info.value) or "decoded" in str(info.value)
     assert tree_state(site["data"]) == before
@@ -312,7 +317,7 @@ def test_leftovers_of_an_interrupted_restore_are_removed_by_the_next_one(site):
     with open(unrelated, "wb") as handle:
         handle.write(b"not ours")
 
-    result = restore_engine.restore_sqlite(site["db"], site["backup_dir"])
+    result = restore.restore_sqlite(site["db"], site["backup_dir"])
 
     assert any("interrupted restore" in step for step in result["steps"])
     assert sorted(os.listdir(site["data"])) == sorted(
@@ -347,7 +352,7 @@ def test_a_data_dir_without_room_for_the_copy_is_refused_untouched(small_disk, t
     before = tree_state(str(small_disk))
 
     with pytest.raises(RestoreError, match="bytes free") as info:
-        restore_engine.restore_sqlite(live, str(tmp_path / "b"))
+        restore.restore_sqlite(live, str(tmp_path / "b"))
 
     assert info.value.result["live_untouched"] is True
     assert tree_state(str(small_disk)) == before

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ansible_collections.tradingbot.ops.plugins.module_utils.backup_engine import BACKUP_OPTIONS
+from ansible_collections.tradingbot.ops.plugins.module_utils.options import BACKUP_OPTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "roles"

@@ -7,8 +7,10 @@ import os
 import shutil
 
 import pytest
-from ansible_collections.tradingbot.ops.plugins.module_utils import backup_engine, db_common
-from ansible_collections.tradingbot.ops.plugins.module_utils.db_common import BackupError
+from ansible_collections.tradingbot.ops.plugins.module_utils import catalog, fsutil, options
+from ansible_collections.tradingbot.ops.plugins.module_utils import compression as codecs
+from ansible_collections.tradingbot.ops.plugins.module_utils.engines import pg_client
+from ansible_collections.tradingbot.ops.plugins.module_utils.errors import BackupError
 
 UTC = datetime.UTC
 MOMENT = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -27,9 +29,9 @@ MOMENT = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     ],
 )
 def test_names_round_trip(engine, fmt, compression, expected):
-    name = db_common.backup_name(engine, MOMENT, fmt, compression)
+    name = catalog.backup_name(engine, MOMENT, fmt, compression)
     assert name == expected
-    parsed = db_common.parse_backup_name(name)
+    parsed = catalog.parse_backup_name(name)
     assert parsed["engine"] == engine
     assert parsed["timestamp"] == MOMENT
     assert parsed["format"] == fmt
@@ -37,7 +39,7 @@ def test_names_round_trip(engine, fmt, compression, expected):
 
 def test_names_are_utc():
     tokyo = datetime.timezone(datetime.timedelta(hours=9))
-    assert db_common.backup_name("sqlite", MOMENT.astimezone(tokyo)) == "sqlite_backup_20250102_030405.db.gz"
+    assert catalog.backup_name("sqlite", MOMENT.astimezone(tokyo)) == "sqlite_backup_20250102_030405.db.gz"
 
 
 @pytest.mark.parametrize(
@@ -53,22 +55,22 @@ def test_names_are_utc():
     ],
 )
 def test_foreign_names_are_rejected(name):
-    assert db_common.parse_backup_name(name) is None
+    assert catalog.parse_backup_name(name) is None
 
 
 def test_unknown_compression_is_refused():
     with pytest.raises(BackupError, match="unknown compression 'lz4'"):
-        db_common.backup_name("sqlite", MOMENT, "plain", "lz4")
+        catalog.backup_name("sqlite", MOMENT, "plain", "lz4")
 
 
 def test_validate_options_fills_defaults_and_converts():
-    opts = db_common.validate_options(
-        backup_engine.BACKUP_OPTIONS, {"engine": "sqlite", "database": "/d.db", "backup_dir": "/b", "lock_timeout": "5"}
+    opts = options.validate_options(
+        options.BACKUP_OPTIONS, {"engine": "sqlite", "database": "/d.db", "backup_dir": "/b", "lock_timeout": "5"}
     )
     assert opts["lock_timeout"] == 5
     assert opts["compression"] == "gzip"
     assert opts["retention_days"] == 7
-    assert set(opts) == set(backup_engine.BACKUP_OPTIONS)
+    assert set(opts) == set(options.BACKUP_OPTIONS)
 
 
 @pytest.mark.parametrize(
@@ -85,23 +87,23 @@ def test_validate_options_fills_defaults_and_converts():
 )
 def test_validate_options_rejects_bad_input(values, message):
     with pytest.raises(BackupError, match=message):
-        db_common.validate_options(backup_engine.BACKUP_OPTIONS, values)
+        options.validate_options(options.BACKUP_OPTIONS, values)
 
 
 @pytest.mark.parametrize(("value", "expected"), [("0640", 0o640), ("600", 0o600), (0o640, 0o640)])
 def test_parse_mode(value, expected):
-    assert backup_engine.parse_mode(value) == expected
+    assert options.parse_mode(value) == expected
 
 
 @pytest.mark.parametrize("value", ["rw-r-----", "0999", "", "12345"])
 def test_parse_mode_rejects(value):
     with pytest.raises(BackupError, match="mode"):
-        backup_engine.parse_mode(value)
+        options.parse_mode(value)
 
 
 def test_pg_connection_env_carries_password_in_env_only():
     params = {"database": "db", "pg_host": "h", "pg_port": 5433, "pg_user": "u", "pg_password": "pw"}
-    env = db_common.pg_connection_env(params, base={"PATH": "/bin", "PGPASSWORD": "inherited", "PGSERVICE": "x"})
+    env = pg_client.pg_connection_env(params, base={"PATH": "/bin", "PGPASSWORD": "inherited", "PGSERVICE": "x"})
     assert env["PGPASSWORD"] == "pw"
     assert env["PGHOST"] == "h"
     assert env["PGPORT"] == "5433"
@@ -111,7 +113,7 @@ def test_pg_connection_env_carries_password_in_env_only():
 
 
 def test_redact():
-    assert db_common.pg_redact("failed for pw!", {"pg_password": "pw!"}) == "failed for ********"
+    assert pg_client.pg_redact("failed for pw!", {"pg_password": "pw!"}) == "failed for ********"
 
 
 def _payload(size):
@@ -125,46 +127,46 @@ def _payload(size):
 
 
 @pytest.mark.parametrize("compression", ["gzip", "none", "zstd"])
-@pytest.mark.parametrize("size", [0, 1, backup_engine.CHUNK * 3 + 17])
+@pytest.mark.parametrize("size", [0, 1, fsutil.CHUNK_SIZE * 3 + 17])
 def test_compress_then_decode_round_trip(tmp_path, compression, size):
     if compression == "zstd" and not shutil.which("zstd"):
         pytest.skip("zstd binary not installed")
     data = _payload(size)
     target = tmp_path / "out"
     with open(target, "wb") as handle:
-        written = backup_engine.compress_stream(io.BytesIO(data), handle, compression, 3, workers=2)
+        written = codecs.compress_stream(io.BytesIO(data), handle, compression, 3, workers=2)
     assert written["raw_size"] == size
     assert written["size"] == os.path.getsize(target)
-    decoded = backup_engine.decode_file(str(target), compression)
+    decoded = codecs.decode_file(str(target), compression)
     assert decoded["decoded_size"] == size
     assert decoded["decoded_sha256"] == written["raw_sha256"]
-    assert decoded["sha256"] == written["sha256"] == db_common.sha256_file(target)
+    assert decoded["sha256"] == written["sha256"] == fsutil.sha256_file(target)
     if compression == "gzip":
         # Standard tools read the multi-member stream too.
         assert gzip.decompress(target.read_bytes()) == data
-    with db_common.open_decompressed(str(target), compression) as reader:
+    with codecs.open_decompressed(str(target), compression) as reader:
         assert reader.read() == data
 
 
 def test_truncated_gzip_is_detected(tmp_path):
     target = tmp_path / "out.gz"
     with open(target, "wb") as handle:
-        backup_engine.compress_stream(io.BytesIO(_payload(3 * backup_engine.CHUNK)), handle, "gzip", 6, workers=2)
+        codecs.compress_stream(io.BytesIO(_payload(3 * fsutil.CHUNK_SIZE)), handle, "gzip", 6, workers=2)
     blob = target.read_bytes()
     target.write_bytes(blob[: len(blob) - 100])
     with pytest.raises(BackupError, match="truncated"):
-        backup_engine.decode_file(str(target), "gzip")
+        codecs.decode_file(str(target), "gzip")
 
 
 def test_flipped_byte_in_gzip_is_detected(tmp_path):
     target = tmp_path / "out.gz"
     with open(target, "wb") as handle:
-        backup_engine.compress_stream(io.BytesIO(_payload(3 * backup_engine.CHUNK)), handle, "gzip", 6, workers=2)
+        codecs.compress_stream(io.BytesIO(_payload(3 * fsutil.CHUNK_SIZE)), handle, "gzip", 6, workers=2)
     blob = bytearray(target.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     target.write_bytes(bytes(blob))
     with pytest.raises(BackupError):
-        backup_engine.decode_file(str(target), "gzip")
+        codecs.decode_file(str(target), "gzip")
 
 
 def test_flipped_byte_in_zstd_is_detected(tmp_path):
@@ -172,9 +174,9 @@ def test_flipped_byte_in_zstd_is_detected(tmp_path):
         pytest.skip("zstd binary not installed")
     target = tmp_path / "out.zst"
     with open(target, "wb") as handle:
-        backup_engine.compress_stream(io.BytesIO(_payload(3 * backup_engine.CHUNK)), handle, "zstd", 3, workers=2)
+        codecs.compress_stream(io.BytesIO(_payload(3 * fsutil.CHUNK_SIZE)), handle, "zstd", 3, workers=2)
     blob = bytearray(target.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     target.write_bytes(bytes(blob))
     with pytest.raises(BackupError, match="does not decode"):
-        backup_engine.decode_file(str(target), "zstd")
+        codecs.decode_file(str(target), "zstd")

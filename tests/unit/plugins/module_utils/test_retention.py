@@ -3,8 +3,8 @@
 import datetime
 
 import pytest
-from ansible_collections.tradingbot.ops.plugins.module_utils.backup_engine import select_retention
-from ansible_collections.tradingbot.ops.plugins.module_utils.db_common import backup_name
+from ansible_collections.tradingbot.ops.plugins.module_utils.catalog import backup_name
+from ansible_collections.tradingbot.ops.plugins.module_utils.retention import select_retention
 
 UTC = datetime.UTC
 NOW = datetime.datetime(2025, 3, 15, 2, 0, 0, tzinfo=UTC)
