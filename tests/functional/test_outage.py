@@ -225,3 +225,28 @@ def test_a_legacy_pg_dump_gzip_file_is_refused_then_restored_with_allow_legacy(p
     assert pg_content_digest(params) == expected
     postgres_cluster.drop_database(result["safety_copy"])
     postgres_cluster.drop_database("legacy_pg")
+
+
+def test_a_damaged_newest_pg_dump_makes_latest_restore_the_one_before(postgres_cluster, tmp_path):
+    postgres_cluster.drop_database("fallback_pg")
+    postgres_cluster.create_database("fallback_pg")
+    params = postgres_cluster.params(database="fallback_pg")
+    psql_script(params, "CREATE TABLE fills (id int PRIMARY KEY)", params["database"])
+    psql_script(params, "INSERT INTO fills SELECT generate_series(1, 300)", params["database"])
+    job_options = dict(params, engine="postgresql", backup_dir=str(tmp_path))
+    before = run_backup(job_options)["path"]
+    expected = pg_content_digest(params)
+    psql_script(params, "INSERT INTO fills SELECT generate_series(301, 400)", params["database"])
+    second = run_backup(job_options)["path"]
+    newest = age(second, -1)
+    for suffix in ("", catalog.MANIFEST_SUFFIX):
+        os.unlink(second + suffix)
+    corrupt_flip(newest)
+
+    result = restore.restore_postgresql(params, str(tmp_path))
+
+    assert result["backup"]["path"] == before
+    assert [skip["name"] for skip in result["skipped"]] == [os.path.basename(newest)]
+    assert pg_content_digest(params) == expected
+    postgres_cluster.drop_database(result["safety_copy"])
+    postgres_cluster.drop_database("fallback_pg")

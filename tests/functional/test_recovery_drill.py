@@ -12,6 +12,7 @@ import sys
 
 import pytest
 from ansible_collections.tradingbot.ops.plugins.module_utils import backup, recovery_drill
+from ansible_collections.tradingbot.ops.plugins.module_utils.engines.pg_client import psql_script
 from damage import corrupt_flip
 
 
@@ -92,3 +93,22 @@ def test_cli_prints_the_original_summary_and_exits_non_zero_on_failure(deploymen
     assert "[FAIL] logrotate configuration" in failing.stdout
     metrics = (tmp_path / "tradingbot_recovery_drill.prom").read_text()
     assert "tradingbot_recovery_drill_success 0" in metrics
+
+
+def test_the_drill_on_postgresql_restores_the_live_database_into_scratch(postgres_cluster, tmp_path):
+    postgres_cluster.drop_database("drill_pg")
+    postgres_cluster.create_database("drill_pg")
+    params = postgres_cluster.params(database="drill_pg")
+    psql_script(params, "CREATE TABLE fills (id int PRIMARY KEY)", "drill_pg")
+    psql_script(params, "INSERT INTO fills SELECT generate_series(1, 250)", "drill_pg")
+    config = dict(params, engine="postgresql", backup_dir=str(tmp_path / "backups"))
+    backup.run_backup(dict(config))
+
+    report = recovery_drill.RecoveryDrill(config).run()
+
+    assert report["ok"], report["checks"]
+    assert report["total"] == 10
+    assert [c["name"] for c in report["checks"][-2:]] == ["postgresql backup", "postgresql restore"]
+    scratch = postgres_cluster.psql("SELECT datname FROM pg_database WHERE datname LIKE 'drill_pg_%'", "postgres")
+    assert scratch.strip() == ""  # the scratch and safety databases are gone again
+    postgres_cluster.drop_database("drill_pg")
