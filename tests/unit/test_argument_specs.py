@@ -21,8 +21,10 @@ def test_roles_are_found():
         "tradingbot_service_user",
         "tradingbot_venv",
         "tradingbot_service",
-        "tradingbot_backup_timer",
+        "tradingbot_backup",
         "tradingbot_logrotate",
+        "tradingbot_restore",
+        "tradingbot_recovery_drill",
     }
 
 

@@ -23,14 +23,21 @@ ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 # The roles' variables, as each role sees them (its own plus the shared role's).
 VAR_FILES = [
     str(ROLES / role / kind / "main.yml")
-    for role in ("tradingbot", "tradingbot_service", "tradingbot_backup_timer", "tradingbot_logrotate")
+    for role in (
+        "tradingbot",
+        "tradingbot_service",
+        "tradingbot_backup",
+        "tradingbot_recovery_drill",
+        "tradingbot_logrotate",
+    )
     for kind in ("defaults", "vars")
 ]
 TEMPLATES = {
     "tradingbot.service": "tradingbot_service/templates/tradingbot.service.j2",
-    "tradingbot-backup.service": "tradingbot_backup_timer/templates/tradingbot-backup.service.j2",
-    "tradingbot-backup.timer": "tradingbot_backup_timer/templates/tradingbot-backup.timer.j2",
-    "backup.json": "tradingbot_backup_timer/templates/backup.json.j2",
+    "tradingbot-backup.service": "tradingbot_backup/templates/tradingbot-backup.service.j2",
+    "tradingbot-backup.timer": "tradingbot_backup/templates/tradingbot-backup.timer.j2",
+    "backup.json": "tradingbot_backup/templates/backup.json.j2",
+    "tradingbot-recovery-drill.service": "tradingbot_recovery_drill/templates/recovery-drill.service.j2",
     "logrotate": "tradingbot_logrotate/templates/logrotate.j2",
     "override.conf": "tradingbot_service/templates/override.conf.j2",
 }
@@ -49,6 +56,9 @@ pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason=
 def render(out, extra_vars):
     """Render every template and validate command into `out` with ansible-playbook."""
     out.mkdir(parents=True, exist_ok=True)
+    # The play's own templates/ dir is on the template search path: there the units find the
+    # shared sandbox block, as they do through the shared role's `units` entry point.
+    (out / "templates").symlink_to(ROLES / "tradingbot" / "templates")
     items = [{"src": str(ROLES / src), "dest": str(out / name)} for name, src in TEMPLATES.items()]
     items += [{"content": f"{{{{ {var} }}}}", "dest": str(out / name)} for name, var in COMMANDS.items()]
     play = [
@@ -233,8 +243,30 @@ def test_a_base_dir_under_home_is_reachable(home):
     assert rc == 0, report
 
 
+SERVICES = ("tradingbot.service", "tradingbot-backup.service", "tradingbot-recovery-drill.service")
+
+
+def test_every_service_unit_carries_the_one_sandbox(defaults):
+    sandbox = (ROLES / "tradingbot" / "templates" / "sandbox.j2").read_text()
+    for name in SERVICES:
+        unit = directives(defaults / name)
+        assert "ProtectSystem=strict" in unit, name
+        assert "NoNewPrivileges=yes" in unit, name
+        assert "CapabilityBoundingSet=" in unit, name
+    # Each directive is written once, in the shared block.
+    for name, src in TEMPLATES.items():
+        if name in SERVICES:
+            assert "ProtectSystem" not in (ROLES / src).read_text(), src
+    assert "ProtectSystem=strict" in sandbox
+
+
+def test_drill_exposure_with_defaults_is_at_most_1_5(defaults):
+    rc, report = exposure(defaults / "tradingbot-recovery-drill.service", SERVICE_THRESHOLD)
+    assert rc == 0, report
+
+
 def test_verify_passes_the_rendered_units(installed):
-    for name in ("tradingbot.service", "tradingbot-backup.service"):
+    for name in SERVICES:
         result = run_validate(installed / "verify_unit.cmd", name, installed / name)
         assert result.returncode == 0, result.stdout + result.stderr
 

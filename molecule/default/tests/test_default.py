@@ -119,6 +119,20 @@ def test_bundled_package_is_not_writable_by_the_service_user(host, cfg):
     assert host.file(f"{cfg['base']}/lib/tradingbot_ops/circuit_breaker.py").user == "root"
 
 
+def test_the_installed_package_is_module_utils_as_a_whole(host, cfg):
+    # Subpackages included, bytecode left out, nothing else: the directory travels as one archive.
+    module_utils = REPO / "plugins" / "module_utils"
+    local = sorted(
+        str(path.relative_to(module_utils))
+        for path in module_utils.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    )
+    package = f"{cfg['base']}/lib/tradingbot_ops"
+    listing = host.check_output(f"cd {package} && find . -name __pycache__ -prune -o -type f -printf '%P\\n'")
+    assert sorted(listing.split()) == local
+    assert "storage/base.py" in local
+
+
 def test_unit_properties(host, cfg):
     props = show(
         host,

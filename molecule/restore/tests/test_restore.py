@@ -23,6 +23,21 @@ def latest_backup(host):
     return f"{BACKUPS}/{backups[-1]}"
 
 
+def test_the_backup_playbook_kept_every_backup_the_job_keeps(host):
+    # converge.yml planted these before running the backup playbook; the job keeps 30 days, or 7
+    # days and 4 weeklies: either keeps the 10 to 24-day-old ones and drops the 40-day one.
+    planted = json.loads(host.file("/root/planted-backups.json").content_string)
+    present = set(host.run("ls -1 %s", BACKUPS).stdout.split())
+    kept = {name for name, days in planted.items() if days <= 24}
+    dropped = {name for name, days in planted.items() if days > 30}
+    assert len(kept) == 3 and len(dropped) == 1, planted
+    assert kept <= present, sorted(present)
+    assert not dropped & present, sorted(present)
+    # The playbook's backup is the service user's, like the timer's.
+    backup = host.file(latest_backup(host))
+    assert (backup.user, backup.group, backup.mode) == ("tradingbot", "tradingbot", 0o640)
+
+
 def test_service_is_back(host):
     assert host.service("tradingbot").is_running
     health = host.run(

@@ -1,0 +1,65 @@
+"""The internal role's entry points refuse to run unless another role includes them
+(prometheus.prometheus's `_common` does the same), checked with ansible-playbook itself."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+# The collection root tests/conftest.py put on sys.path (this checkout as tradingbot.ops).
+COLLECTIONS = next(p for p in sys.path if (Path(p) / "ansible_collections" / "tradingbot" / "ops").exists())
+ENTRY_POINTS = sorted(p.stem for p in (REPO / "roles" / "tradingbot" / "tasks").glob("*.yml") if p.stem != "main")
+
+
+def run_play(tmp_path, tasks, roles_dir=None):
+    play = [{"name": "Probe", "hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}]
+    (tmp_path / "play.yml").write_text(json.dumps(play))
+    env = dict(
+        os.environ,
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_LOCALHOST_WARNING="0",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+        ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
+        ANSIBLE_ROLES_PATH=str(roles_dir or tmp_path),
+    )
+    return subprocess.run(
+        [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-e", f"ansible_python_interpreter={sys.executable}", "play.yml"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+
+
+def test_the_entry_points_are_found():
+    assert ENTRY_POINTS == ["lib", "timer", "units"]
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_an_entry_point_refuses_to_run_from_a_play(tmp_path, entry_point):
+    include = {"ansible.builtin.include_role": {"name": "tradingbot.ops.tradingbot", "tasks_from": entry_point}}
+    result = run_play(tmp_path, [{"name": "Include", **include}])
+    assert result.returncode != 0
+    assert "tradingbot.ops.tradingbot is internal" in result.stdout, result.stdout
+
+
+def test_an_entry_point_runs_when_a_role_includes_it(tmp_path):
+    # The control: the same include from inside a role passes the guard (units with no units).
+    role = tmp_path / "roles" / "caller" / "tasks"
+    role.mkdir(parents=True)
+    include = {
+        "ansible.builtin.include_role": {"name": "tradingbot.ops.tradingbot", "tasks_from": "units"},
+        "vars": {"_tradingbot_units": []},
+    }
+    (role / "main.yml").write_text(json.dumps([{"name": "Include", **include}]))
+    result = run_play(
+        tmp_path, [{"name": "Caller", "ansible.builtin.include_role": {"name": "caller"}}], tmp_path / "roles"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is internal" not in result.stdout
