@@ -383,8 +383,7 @@ def test_each_alert_says_what_happened_what_to_do_and_where_to_read(alert):
     assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}
     repository = yaml.safe_load((REPO / "galaxy.yml").read_text())["repository"]
     page, anchor = rule["annotations"]["runbook_url"].split("#")
-    assert page == f"{repository}/blob/main/docs/operations.md"
-    # The runbook text is kept in docs/alerts.md under the same headings as in operations.md.
+    assert page == f"{repository}/blob/main/docs/alerts.md"
     assert anchor in runbook_anchors()
 
 

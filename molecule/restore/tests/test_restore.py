@@ -1,6 +1,7 @@
 """After the incident in converge.yml: the service runs on exactly the backed-up data."""
 
 import json
+import time
 
 DB = "/opt/tradingbot/data/tradingbot.db"
 BACKUPS = "/opt/tradingbot/backups"
@@ -99,3 +100,30 @@ def test_the_recovery_drill_fails_naming_a_check_broken_on_purpose(host):
     assert "[FAIL] logrotate configuration" in journal
     assert "Failed: 1" in journal
     assert "tradingbot_recovery_drill_success 0" in metrics
+
+
+SERVICE_STOPS = "/var/lib/tradingbot-metrics/tradingbot_service_tradingbot.service.prom"
+
+
+def stops(host, result):
+    text = host.file(SERVICE_STOPS).content_string
+    line = f'tradingbot_service_stops_total{{unit="tradingbot.service",result="{result}"}} '
+    return int(next(row for row in text.splitlines() if row.startswith(line)).split()[-1])
+
+
+def test_the_stop_hook_counts_the_restores_stop_and_a_killed_service(host):
+    # The restore stopped the service cleanly at least once.
+    assert stops(host, "success") >= 1
+    killed_before = stops(host, "signal")
+    pid = host.check_output("systemctl show -P MainPID tradingbot.service")
+    host.check_output(f"kill -KILL {pid}")
+    for _attempt in range(60):
+        if stops(host, "signal") == killed_before + 1:
+            break
+        time.sleep(1)
+    assert stops(host, "signal") == killed_before + 1
+    for _attempt in range(60):
+        if host.run("systemctl is-active tradingbot.service").stdout.strip() == "active":
+            break
+        time.sleep(1)
+    assert host.run("systemctl is-active tradingbot.service").stdout.strip() == "active"
