@@ -18,12 +18,15 @@ for required in MANIFEST.json meta/runtime.yml README.md plugins/module_utils/ r
 done
 log "$(basename "$tarball"): $(wc -l <<<"$listing") entries, $(du -h "$tarball" | cut -f1), no development files"
 
-# The execution environment installs exactly this tarball: its name must match, and
-# ansible-builder must accept the definition and write a build context.
+# The execution environment installs this tarball as tools/ee.sh stages it (.ee-build/, beside
+# meta/): ansible-builder must accept the definition and put it in the build context.
+# tools/ee.sh test builds the image and runs site.yml from it.
 ee="$repo/meta/execution-environment.yml"
-grep -q "$(basename "$tarball")" "$ee" || die "meta/execution-environment.yml does not reference $(basename "$tarball")"
-mkdir -p "$out/meta"
+mkdir -p "$out/meta" "$out/.ee-build"
 cp "$ee" "$out/meta/"
-ansible-builder create --file "$out/meta/execution-environment.yml" --context "$out/context" >/dev/null
-[ -f "$out/context/_build/galaxy/$(basename "$tarball")" ] || die "ansible-builder's context lacks the collection tarball"
+cp "$tarball" "$out/.ee-build/tradingbot-ops.tar.gz"
+ansible-builder create --file "$out/meta/execution-environment.yml" --context "$out/context" >/dev/null 2>&1
+[ -f "$out/context/_build/collections/tradingbot-ops.tar.gz" ] || die "ansible-builder's context lacks the collection tarball"
+grep -q 'collections/tradingbot-ops.tar.gz' "$out/context/_build/requirements.yml" ||
+  die "the EE's galaxy requirements do not install collections/tradingbot-ops.tar.gz"
 log "execution environment: ansible-builder create wrote $(ls "$out/context" | tr '\n' ' ')"

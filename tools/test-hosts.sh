@@ -30,20 +30,22 @@ debian_mirror() {
   echo "${uri:-http://deb.debian.org/debian}"
 }
 
+# cache_key SUITE [PACKAGES]: the key of a rootfs built from this recipe.
 cache_key() {
-  local suite=$1
+  local suite=$1 packages=${2:-$image_packages}
   {
-    echo "$suite $recipe_version $image_packages ${masked_units[*]}"
+    echo "$suite $recipe_version $packages ${masked_units[*]}"
     cat /usr/local/share/ca-certificates/*.crt 2>/dev/null || true
   } | sha256sum | cut -c1-16
 }
 
+# build_rootfs_tarball SUITE TARBALL [PACKAGES]
 build_rootfs_tarball() {
-  local suite=$1 tarball=$2 rootfs unit
+  local suite=$1 tarball=$2 packages=${3:-$image_packages} rootfs unit
   rootfs=$(mktemp -d "$cache_dir/rootfs-$suite.XXXXXX")
   cleanup_dirs+=("$rootfs")
   log "debootstrap $suite (about 80 s)"
-  debootstrap --variant=minbase --include="$image_packages" "$suite" "$rootfs" "$(debian_mirror)" >"$rootfs.log" 2>&1 ||
+  debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$(debian_mirror)" >"$rootfs.log" 2>&1 ||
     { tail -n 20 "$rootfs.log" >&2; die "debootstrap $suite failed (full log: $rootfs.log)"; }
   rm -f "$rootfs.log"
   # An intercepting HTTPS proxy may sit between the host and PyPI; trust what the host trusts.
@@ -52,6 +54,7 @@ build_rootfs_tarball() {
     chroot "$rootfs" update-ca-certificates >/dev/null 2>&1
   fi
   : >"$rootfs/etc/machine-id"
+  mkdir -p "$rootfs/etc/systemd/system"
   for unit in "${masked_units[@]}"; do
     ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
   done
@@ -61,17 +64,17 @@ build_rootfs_tarball() {
   rm -rf "$rootfs"
 }
 
+# ensure_image SUITE [IMAGE] [PACKAGES]: a systemd host image, rebuilt when its key changes.
 ensure_image() {
-  local suite=$1 key image tarball
-  key=$(cache_key "$suite")
-  image="localhost/tradingbot-test-debian-$suite"
+  local suite=$1 image=${2:-localhost/tradingbot-test-debian-$1} packages=${3:-$image_packages} key tarball
+  key=$(cache_key "$suite" "$packages")
   tarball="$cache_dir/images/debian-$suite-$key.tar.zst"
   if [ "$(podman image inspect --format '{{ index .Config.Labels "tradingbot.cache-key" }}' "$image" 2>/dev/null)" = "$key" ]; then
     log "$image is current ($key)"
     return 0
   fi
   mkdir -p "$cache_dir/images"
-  [ -f "$tarball" ] || build_rootfs_tarball "$suite" "$tarball"
+  [ -f "$tarball" ] || build_rootfs_tarball "$suite" "$tarball" "$packages"
   log "importing $image from $tarball"
   zstd -q -dc "$tarball" | podman import \
     --change 'CMD ["/sbin/init"]' --change 'STOPSIGNAL=SIGRTMIN+3' --change 'ENV container=podman' \
@@ -90,4 +93,7 @@ main() {
   done
 }
 
-main "$@"
+# tools/ee.sh sources this file for the recipe; run, it builds the test hosts.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
+fi
