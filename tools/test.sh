@@ -3,7 +3,7 @@
 # both platforms. Each stage runs even when an earlier one failed; the exit status is
 # non-zero when any failed. The last line is "suite: N passed, N failed" (stages).
 #
-# Usage: tools/test.sh [STAGE ...]   stages: lint sanity pytest molecule (default: all)
+# Usage: tools/test.sh [STAGE ...]   stages: lint sanity pytest molecule ee (default: all)
 #        MOLECULE_SCENARIOS="hosts default" tools/test.sh molecule
 set -uo pipefail
 
@@ -69,16 +69,21 @@ run_molecule() {
   done
 }
 
+run_ee() {
+  stage execution-environment bash tools/ee.sh test
+}
+
 main() {
   local stages=("$@") name
-  [ ${#stages[@]} -gt 0 ] || stages=(lint sanity pytest molecule)
+  [ ${#stages[@]} -gt 0 ] || stages=(lint sanity pytest molecule ee)
   for name in "${stages[@]}"; do
     case $name in
       lint) run_lint ;;
       sanity) run_sanity ;;
       pytest) run_pytest ;;
       molecule) run_molecule ;;
-      *) die "unknown stage '$name' (lint, sanity, pytest, molecule)" ;;
+      ee) run_ee ;;
+      *) die "unknown stage '$name' (lint, sanity, pytest, molecule, ee)" ;;
     esac
   done
   [ $failed -eq 0 ] || log "failed stages: ${failed_stages[*]}"
