@@ -104,6 +104,13 @@ def healthy_host(days=3):
         series("tradingbot_recovery_drill_success", HOST, f"1x{samples}"),
         series("tradingbot_recovery_drill_checks_failed", HOST, f"0x{samples}"),
         series("tradingbot_recovery_drill_last_run_timestamp_seconds", HOST, f"0x{samples}"),
+        # The off-site copy runs after each night's backup and copies it.
+        series("tradingbot_offsite_last_run_timestamp_seconds", HOST, daily(days, 288)),
+        series("tradingbot_offsite_last_success_timestamp_seconds", HOST, daily(days, 288)),
+        series("tradingbot_offsite_last_run_success", HOST, f"1x{samples}"),
+        series("tradingbot_offsite_pending_backups", HOST, f"0x{samples}"),
+        series("tradingbot_offsite_newest_copy_timestamp_seconds", HOST, daily(days, 288)),
+        series("tradingbot_offsite_copied_backups", HOST, f"1x{samples}"),
         *fresh_service(samples),
     ]
 
@@ -218,6 +225,52 @@ CASES = [
         [series("tradingbot_recovery_drill_last_run_timestamp_seconds", HOST, f"0x1439 {30 * DAY}x1000")],
         [("34d", QUIET), ("44d", QUIET)],
         "30m",
+    ),
+    (
+        "offsite stale: no successful copy run for 27 h",
+        "TradingbotOffsiteStale",
+        [series("tradingbot_offsite_last_success_timestamp_seconds", HOST, "0x1700")],
+        [
+            ("26h9m", QUIET),  # pending: older than 26 h for only 8 minutes
+            ("27h", fires(HOST, "The last successful off-site copy on trade1:9100 was 1d 3h 0m 0s ago.")),
+        ],
+        "1m",
+    ),
+    (
+        "offsite stale: a daily copy run is on time",
+        "TradingbotOffsiteStale",
+        [series("tradingbot_offsite_last_success_timestamp_seconds", HOST, f"0x1439 {DAY}x1000")],
+        [("23h59m", QUIET), ("25h59m", QUIET), ("49h", QUIET)],
+        "1m",
+    ),
+    (
+        "offsite failed: the last copy run failed",
+        "TradingbotOffsiteFailed",
+        [series("tradingbot_offsite_last_run_success", HOST, "1x1440 0x59 1x20")],
+        [
+            ("23h", QUIET),
+            ("24h30m", fires(HOST, "The last off-site copy run on trade1:9100 failed.")),
+            ("25h10m", QUIET),  # the next run succeeded
+        ],
+        "1m",
+    ),
+    (
+        "offsite backlog: 3 backups wait for 7 hours",
+        "TradingbotOffsiteBacklog",
+        [series("tradingbot_offsite_pending_backups", HOST, "0x60 3x420 0x60")],
+        [
+            ("5h", QUIET),  # waiting for 4 hours: pending
+            ("7h30m", fires(HOST, "3 verified backups on trade1:9100 have waited 6 hours for their off-site copy.")),
+            ("8h30m", QUIET),  # a run caught up
+        ],
+        "1m",
+    ),
+    (
+        "offsite backlog: a run catches up within 6 hours",
+        "TradingbotOffsiteBacklog",
+        [series("tradingbot_offsite_pending_backups", HOST, "0x60 2x299 0x300")],
+        [("6h", QUIET), ("7h30m", QUIET)],
+        "1m",
     ),
     (
         "breaker open, probing in half_open, for 15 minutes",
@@ -468,7 +521,47 @@ def textfiles(tmp_path_factory):
         )
         assert result.returncode == 0, result.stderr
     keep("service-stopped", prom)
+
+    # The off-site copy job's writer, called as the job calls it at the end of a run.
+    def offsite(name, metrics, ok, now, **values):
+        metrics.mkdir(exist_ok=True)
+        result = subprocess.run(
+            [HOST_PYTHON if os.path.exists(HOST_PYTHON) else sys.executable, "-c", OFFSITE_WRITER],
+            input=json.dumps({"dir": str(metrics), "ok": ok, "now": now, **values}),
+            env={**os.environ, "PYTHONPATH": str(lib)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        keep(name, metrics / "tradingbot_offsite.prom")
+
+    copies = root / "offsite"
+    # A success that copied 2 backups, the newest taken at 02:00; then a failed run with 3 waiting.
+    offsite(
+        "offsite-success",
+        copies,
+        True,
+        "2026-12-01T03:00:00+00:00",
+        pending=0,
+        newest="2026-12-01T02:00:00+00:00",
+        copied=2,
+    )
+    offsite("offsite-failed-after-success", copies, False, "2026-12-02T03:00:00+00:00", pending=3)
+    offsite("offsite-failed-first", root / "offsite-first", False, "2026-12-01T03:00:00+00:00", pending=1)
     return out
+
+
+OFFSITE_WRITER = """
+import datetime, json, sys
+from tradingbot_ops.offsite_metrics import write_metrics
+args = json.load(sys.stdin)
+when = lambda text: datetime.datetime.fromisoformat(text) if text else None
+write_metrics(
+    args["dir"], args["ok"], when(args["now"]), pending=args["pending"],
+    newest_copy=when(args.get("newest")), copied=args.get("copied"),
+)
+"""
 
 
 TEXTFILES = (
@@ -479,6 +572,9 @@ TEXTFILES = (
     "drill-failed",
     "service-init",
     "service-stopped",
+    "offsite-success",
+    "offsite-failed-after-success",
+    "offsite-failed-first",
 )
 
 
@@ -502,6 +598,20 @@ def test_the_writers_write_what_the_alerts_read(textfiles):
     assert 'tradingbot_service_stops_total{unit="tradingbot.service",result="watchdog"} 0' in text["service-init"]
     assert 'tradingbot_service_stops_total{unit="tradingbot.service",result="watchdog"} 1' in text["service-stopped"]
     assert 'tradingbot_service_stops_total{unit="tradingbot.service",result="exit-code"} 1' in text["service-stopped"]
+    # A failed copy run: last_run_success 0 and backups waiting; the success and the newest copy
+    # carry over, so the stale alert's age keeps growing from the real last success.
+    success, failed = text["offsite-success"], text["offsite-failed-after-success"]
+    assert re.search(r"^tradingbot_offsite_last_run_success 1$", success, re.MULTILINE)
+    assert re.search(r"^tradingbot_offsite_pending_backups 0$", success, re.MULTILINE)
+    assert re.search(r"^tradingbot_offsite_last_run_success 0$", failed, re.MULTILINE)
+    assert re.search(r"^tradingbot_offsite_pending_backups 3$", failed, re.MULTILINE)
+    for carried in ("last_success_timestamp_seconds", "newest_copy_timestamp_seconds"):
+        value = re.search(rf"^tradingbot_offsite_{carried} (\S+)$", success, re.MULTILINE).group(1)
+        assert f"tradingbot_offsite_{carried} {value}\n" in failed, carried
+    assert re.search(r"^tradingbot_offsite_last_success_timestamp_seconds 1796094000(\.0)?$", success, re.MULTILINE)
+    # Never succeeded: no success timestamp, so the stale alert cannot fire on a made-up age.
+    assert "tradingbot_offsite_last_success_timestamp_seconds" not in text["offsite-failed-first"]
+    assert "tradingbot_offsite_pending_backups 1" in text["offsite-failed-first"]
 
 
 def written_metric_names(textfiles):
@@ -572,6 +682,7 @@ def test_the_dashboard_queries_only_metrics_that_are_written(textfiles):
         "tradingbot_recovery_drill_",
         "tradingbot_circuit_breaker_",
         "tradingbot_service_",
+        "tradingbot_offsite_",
     ):
         assert any(name.startswith(prefix) for name in queried), prefix
 
