@@ -599,6 +599,9 @@ def test_backup_playbook_plans_then_writes(tmp_path):
         f"ansible_python_interpreter={sys.executable}",
         "-e",
         f"tradingbot_base_dir={base}",
+        # This machine has no service user: root stands in (the run entry point becomes it).
+        "-e",
+        "tradingbot_user=root",
         "-e",
         "tradingbot_group=root",
     ]
