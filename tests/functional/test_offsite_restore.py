@@ -21,7 +21,7 @@ import seaweedfs
 import test_offsite as copy_job
 from ansible_collections.tradingbot.ops.plugins.module_utils import catalog, offsite_config
 from ansible_collections.tradingbot.ops.plugins.module_utils.backup import run_backup
-from ansible_collections.tradingbot.ops.plugins.module_utils.engines.pg_client import pg_table_counts
+from ansible_collections.tradingbot.ops.plugins.module_utils.engines.pg_client import pg_table_counts, psql_script
 from ansible_collections.tradingbot.ops.plugins.module_utils.engines.sqlite_db import sqlite_table_counts
 from ansible_collections.tradingbot.ops.plugins.module_utils.offsite import run_copy
 from test_restore_module import BIN, PYTHON, REPO, ansible_env
@@ -334,21 +334,31 @@ def test_playbook_refusal_leaves_the_live_database_untouched(copied, keys):
     assert_no_identity(keys, proc.stdout, proc.stderr)
 
 
-def test_playbook_restores_postgresql_from_the_store(s3, keys, tmp_path, postgres_cluster, pg_database):
-    params = pg_database
-    postgres_cluster.psql("CREATE TABLE trades (id int PRIMARY KEY, qty real)", database=params["database"])
-    postgres_cluster.psql(
-        "INSERT INTO trades SELECT i, i * 1.5 FROM generate_series(1, 100) i", database=params["database"]
-    )
+@pytest.fixture
+def pg_live(postgres_cluster):
+    """A live database of 100 rows, owned by the test role; a short name leaves room for the
+    safety copy's suffix within PostgreSQL's 63 bytes."""
+    name = "offsite_live"
+    postgres_cluster.create_database(name)
+    params = postgres_cluster.params(database=name)
+    psql_script(params, "CREATE TABLE trades (id int PRIMARY KEY, qty real)", name)
+    psql_script(params, "INSERT INTO trades SELECT i, i * 1.5 FROM generate_series(1, 100) i", name)
+    yield params
+    rows = postgres_cluster.psql("SELECT datname FROM pg_database", database="postgres").split()
+    for database in rows:
+        if database.startswith(name):
+            postgres_cluster.drop_database(database)
+
+
+def test_playbook_restores_postgresql_from_the_store(s3, keys, tmp_path, pg_live, postgres_cluster):
+    params = pg_live
     for sub in ("data", "backups", "logs", "etc"):
         (tmp_path / sub).mkdir()
     backup_dir = tmp_path / "backups"
     run_backup({**params, "engine": "postgresql", "backup_dir": str(backup_dir)})
     config = tmp_path / "etc" / "offsite.json"
     run_copy(write_config(config, s3, backup_dir, keys["good"]["recipient"]))
-    postgres_cluster.psql(
-        "INSERT INTO trades SELECT i, 0 FROM generate_series(101, 130) i", database=params["database"]
-    )
+    psql_script(params, "INSERT INTO trades SELECT i, 0 FROM generate_series(101, 130) i", params["database"])
     for name in os.listdir(backup_dir):
         os.unlink(backup_dir / name)
     vars_file = tmp_path / "secrets.json"
@@ -371,5 +381,8 @@ def test_playbook_restores_postgresql_from_the_store(s3, keys, tmp_path, postgre
     )
     assert proc.returncode == 0, proc.stdout
     assert pg_table_counts(params) == {"public.trades": 100}
+    rows = postgres_cluster.psql("SELECT datname FROM pg_database", database="postgres").split()
+    (safety,) = [name for name in rows if name.startswith(params["database"] + "_pre_restore_")]
+    assert pg_table_counts(dict(params, database=safety)) == {"public.trades": 130}
     assert staging_dirs(copied) == []
     assert_no_identity(keys, proc.stdout, proc.stderr)
