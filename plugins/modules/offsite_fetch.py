@@ -131,7 +131,7 @@ backup:
 path:
   description: Where the backup is (or, in check mode, would be) in O(dest_dir); its manifest is beside it.
   returned: success
-  type: path
+  type: str
   sample: /opt/tradingbot/backups/.offsite-restore-x1y2/sqlite_backup_20250101_020000.db.gz
 source:
   description: The store, as C(s3://bucket/prefix at endpoint).
