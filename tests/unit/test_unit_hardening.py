@@ -70,6 +70,7 @@ OFFSITE_FAILING = {
     "DeviceAllow",
 }
 RECIPIENT = "age1qcv645yszndugttzjat37pqnn5ycm3kjmwfysypz7dr48mequggq9du7he"
+NETWORKED_DRILL_THRESHOLD = 16
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 
@@ -509,3 +510,23 @@ def test_cron_job_rings_the_doorbell_only_after_a_good_backup_and_keeps_its_stat
         (base / "state").mkdir()
     assert still.returncode == 0, still.stdout + still.stderr
     assert "backup-done" in still.stderr  # touch said why
+@pytest.fixture(scope="module")
+def offsite(tmp_path_factory):
+    return render(tmp_path_factory.mktemp("offsite"), {"tradingbot_offsite_enabled": True})
+
+
+def test_the_drill_timer_checks_the_offsite_copies_only_when_enabled(defaults, offsite, postgresql):
+    plain = directives(defaults / "tradingbot-recovery-drill.service")
+    with_offsite = directives(offsite / "tradingbot-recovery-drill.service")
+    assert not [line for line in plain if "offsite" in line]
+    assert "RestrictAddressFamilies=AF_UNIX" in plain
+    # The S3 key pair from the root-only file by LoadCredential=, the store over the network.
+    assert "LoadCredential=offsite-s3:/etc/credstore/tradingbot-offsite-s3" in with_offsite
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in with_offsite
+    (exec_start,) = [line for line in with_offsite if line.startswith("ExecStart=")]
+    assert exec_start.endswith("--offsite-config /etc/tradingbot/offsite.json")
+    # Internet sockets cost 0.3 of exposure: the store is reached over the network, as the
+    # PostgreSQL drill reaches its server; both stay at 1.6.
+    for unit in (offsite / "tradingbot-recovery-drill.service", postgresql / "tradingbot-recovery-drill.service"):
+        rc, report = exposure(unit, NETWORKED_DRILL_THRESHOLD)
+        assert rc == 0, report
