@@ -510,9 +510,6 @@ def test_cron_job_rings_the_doorbell_only_after_a_good_backup_and_keeps_its_stat
         (base / "state").mkdir()
     assert still.returncode == 0, still.stdout + still.stderr
     assert "backup-done" in still.stderr  # touch said why
-@pytest.fixture(scope="module")
-def offsite(tmp_path_factory):
-    return render(tmp_path_factory.mktemp("offsite"), {"tradingbot_offsite_enabled": True})
 
 
 def test_the_drill_timer_checks_the_offsite_copies_only_when_enabled(defaults, offsite, postgresql):
@@ -524,7 +521,7 @@ def test_the_drill_timer_checks_the_offsite_copies_only_when_enabled(defaults, o
     assert "LoadCredential=offsite-s3:/etc/credstore/tradingbot-offsite-s3" in with_offsite
     assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in with_offsite
     (exec_start,) = [line for line in with_offsite if line.startswith("ExecStart=")]
-    assert exec_start.endswith("--offsite-config /etc/tradingbot/offsite.json")
+    assert exec_start.endswith("/etc/offsite.json") and " --offsite-config " in exec_start
     # Internet sockets cost 0.3 of exposure: the store is reached over the network, as the
     # PostgreSQL drill reaches its server; both stay at 1.6.
     for unit in (offsite / "tradingbot-recovery-drill.service", postgresql / "tradingbot-recovery-drill.service"):
