@@ -30,8 +30,8 @@ import tempfile
 
 from ..errors import StorageError
 from .base import ObjectInfo, Storage
-from .s3_client import BotoCoreError, ClientError, describe_location, make_client, require_boto3
-from .s3_parts import PartBody, read_parts
+from .s3_client import BotoCoreError, ClientError, describe_location, make_client, require_botocore
+from .s3_parts import read_parts
 
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 DEFAULT_CONCURRENCY = 1
@@ -69,7 +69,7 @@ class S3Storage(Storage):
         connect_timeout=10,
         read_timeout=60,
     ):
-        require_boto3()
+        require_botocore()
         if not bucket:
             raise StorageError("the S3 backend needs a bucket name")
         if part_size < MIN_PART_SIZE:
@@ -155,10 +155,9 @@ class S3Storage(Storage):
         first = next(parts)
         if len(first) < self.part_size:
             digest = hashlib.md5(first, usedforsecurity=False)
-            with PartBody(first) as body:
-                response = self._call(
-                    "put", key, self._client.put_object, Body=body, ContentMD5=_md5_b64(digest.digest()), **extra
-                )
+            response = self._call(
+                "put", key, self._client.put_object, Body=first, ContentMD5=_md5_b64(digest.digest()), **extra
+            )
             expected_etag = digest.hexdigest()
         else:
             response, expected_etag = self._multipart(key, object_key, extra, itertools.chain((first,), parts))
@@ -177,27 +176,25 @@ class S3Storage(Storage):
         upload_id = upload["UploadId"]
 
         def send(number, chunk):
-            with chunk, PartBody(chunk) as body:
-                digest = hashlib.md5(chunk, usedforsecurity=False).digest()
-                response = self._call(
-                    f"upload part {number} of",
-                    key,
-                    self._client.upload_part,
-                    Bucket=self.bucket,
-                    Key=object_key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=body,
-                    ContentMD5=_md5_b64(digest),
-                )
+            digest = hashlib.md5(chunk, usedforsecurity=False).digest()
+            response = self._call(
+                f"upload part {number} of",
+                key,
+                self._client.upload_part,
+                Bucket=self.bucket,
+                Key=object_key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=chunk,
+                ContentMD5=_md5_b64(digest),
+            )
             return {"ETag": response["ETag"], "PartNumber": number}, digest
 
         parts, digests, inflight = [], [], collections.deque()
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="s3-part")
         try:
             for number, chunk in enumerate(chunks, start=1):
-                # A view of its own: the generator releases ``chunk`` while the upload runs.
-                inflight.append(pool.submit(send, number, memoryview(chunk)))
+                inflight.append(pool.submit(send, number, chunk))
                 if len(inflight) == self.concurrency:  # the oldest buffer is read into next
                     part, digest = inflight.popleft().result()
                     parts.append(part)
