@@ -1,12 +1,12 @@
 """S3 storage backend: backups and manifests as objects in a bucket, under a prefix.
 
-Built on boto3 (Debian's python3-boto3 on hosts); the client, its settings and the key pair
-come from ``s3_client``, the part buffers from ``s3_parts``. Without boto3, constructing an
-``S3Storage`` raises a clear StorageError.
+Built on botocore (Debian's python3-boto3 or python3-botocore on hosts); the client, its
+settings and the key pair come from ``s3_client``, the part buffers from ``s3_parts``. Without
+botocore, constructing an ``S3Storage`` raises a clear StorageError.
 
-- Uploads stream: ``concurrency`` parts (default 1 of ``part_size``, 8 MiB) are in memory,
-  and in flight, at a time. A file smaller than a part is one PUT; anything larger is a
-  multipart upload.
+- Uploads stream: ``concurrency`` parts (default 3 of ``part_size``, 5 MiB) are in memory,
+  and in flight, at a time; the next part is read while they upload. A file smaller than a
+  part is one PUT; anything larger is a multipart upload.
 - Every PUT and part carries the Content-MD5 of its bytes, which the store checks; the ETag
   the store reports is compared with the one computed here (MD5, or MD5 of the part MD5s).
 - Object Lock: with ``lock_seconds`` > 0 every object is written in COMPLIANCE mode, retained
@@ -33,9 +33,11 @@ from .base import ObjectInfo, Storage
 from .s3_client import BotoCoreError, ClientError, describe_location, make_client, require_botocore
 from .s3_parts import read_parts
 
-DEFAULT_PART_SIZE = 8 * 1024 * 1024
-DEFAULT_CONCURRENCY = 1
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every part but the last
+# 3 parts of 5 MiB in flight: what fits the copy job's 64 MiB (issue 12) beside botocore's ~43 MiB
+# (see docs/offsite.md, Benchmark); rclone's defaults are 4 of 5 MiB.
+DEFAULT_PART_SIZE = MIN_PART_SIZE
+DEFAULT_CONCURRENCY = 3
 LOCK_MODE = "COMPLIANCE"
 
 
@@ -147,7 +149,7 @@ class S3Storage(Storage):
     def put_stream(self, key, stream, metadata=None):
         """Upload what ``stream.read()`` returns until EOF (a pipe will do); return the ObjectInfo.
 
-        Memory: one part. The ETag the store computes must equal the one computed here.
+        Memory: ``concurrency`` parts. The ETag the store computes must equal the one computed here.
         """
         object_key = self._object_key(key)
         extra = {"Bucket": self.bucket, "Key": object_key, "Metadata": dict(metadata or {}), **self._lock_args()}

@@ -15,37 +15,51 @@ Memory (issue 12: the copy job's peak RSS is at most 64 MiB): under Debian 12's 
 ``import boto3`` and one client take 51.5 MiB; botocore's own session 2 MiB less (boto3 adds
 s3transfer and multiprocessing). botocore 1.29 imports ``urllib3.contrib.pyopenssl`` only to
 take the stdlib's SSLContext back out of it and falls back to urllib3's, the same class, when
-that import fails; the import loads pyOpenSSL and cryptography, another 6.6 MiB. It is held off
-while botocore loads (``_without``), so botocore takes its fallback.
+that import fails; the import loads pyOpenSSL and cryptography, another 6.6 MiB. And Debian's
+botocore imports requests, which loads chardet's language models (2.5 MiB) when chardet is
+installed and uses charset_normalizer otherwise; botocore never guesses a text encoding. Both
+are held off while botocore loads (``_without``), so botocore and requests take their fallbacks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import stat as stat_module
 import sys
+import warnings
 
 from ..errors import StorageError
 
 
 @contextlib.contextmanager
-def _without(module):
-    """Make ``import module`` fail inside the block (unless it is loaded already), then allow it again."""
-    if module in sys.modules:
-        yield
-        return
-    sys.modules[module] = None  # the import system's own "not importable" mark
+def _without(modules):
+    """Make ``import`` of each of ``modules`` fail inside the block (unless loaded already), then allow it again."""
+    held = [module for module in modules if module not in sys.modules]
+    for module in held:
+        sys.modules[module] = None  # the import system's own "not importable" mark
     try:
-        yield
+        with warnings.catch_warnings():
+            # requests' version check names charset_normalizer when chardet is held off.
+            warnings.filterwarnings("ignore", message=r"urllib3 \(.*\) or chardet \(.*\)/charset_normalizer")
+            yield
     finally:
-        if sys.modules.get(module, ...) is None:
-            del sys.modules[module]
+        for module in held:
+            if sys.modules.get(module, ...) is None:
+                del sys.modules[module]
+
+
+def _memory_heavy_optional_modules():
+    held = ["urllib3.contrib.pyopenssl"]
+    if importlib.util.find_spec("charset_normalizer") is not None:  # requests needs one of the two
+        held.append("chardet")
+    return held
 
 
 try:
-    with _without("urllib3.contrib.pyopenssl"):
+    with _without(_memory_heavy_optional_modules()):
         import botocore
         import botocore.session
         from botocore.config import Config as BotoConfig
