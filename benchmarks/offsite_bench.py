@@ -91,9 +91,9 @@ CREATE_BUCKET = """
 import os, boto3
 client = boto3.client("s3", endpoint_url=os.environ["ENDPOINT"], region_name="us-east-1")
 client.create_bucket(Bucket=os.environ["BUCKET"], ObjectLockEnabledForBucket=True)
+rule = {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}}
 client.put_object_lock_configuration(
-    Bucket=os.environ["BUCKET"],
-    ObjectLockConfiguration={"ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}}},
+    Bucket=os.environ["BUCKET"], ObjectLockConfiguration={"ObjectLockEnabled": "Enabled", "Rule": rule}
 )
 """
 
@@ -202,7 +202,8 @@ def run(args, work, store, size_mb):
     print(f"ours on {HOST_PYTHON} with boto3 {version.stdout.strip()}; baseline: age | rclone rcat")
     trees = fixtures.trees(args, work)
     for tree in trees:
-        head = subprocess.run(["git", "-C", tree.path, "describe", "--always", "--dirty"], capture_output=True, text=True)
+        describe = ["git", "-C", tree.path, "describe", "--always", "--dirty"]
+        head = subprocess.run(describe, capture_output=True, text=True, check=False)
         print(f"tree {tree.label}: {tree.path} ({head.stdout.strip() or 'not a git checkout'})")
     reference = "age | rclone rcat"
     sides = [harness.Side(reference, baseline, prepare=lambda: fixtures.warm(backup))]
