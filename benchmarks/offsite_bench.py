@@ -1,7 +1,8 @@
 """Benchmark the off-site copy job against ``age -r KEY < FILE | rclone rcat``, in the same run.
 
-    python3 benchmarks/offsite_bench.py            # a 1 GiB backup
-    python3 benchmarks/offsite_bench.py --quick    # 64 MiB
+    python3 benchmarks/offsite_bench.py                      # a 1 GiB backup
+    python3 benchmarks/offsite_bench.py --quick              # 64 MiB
+    python3 benchmarks/offsite_bench.py --tree /tmp/before   # another checkout's job in the same run
 
 Both sides encrypt the same backup with age to the same recipient and upload it to the same
 SeaweedFS 4.48 store (``weed mini`` on loopback, from the venv):
@@ -13,6 +14,15 @@ Ours does the whole job as the timer runs it: list the store, hash the plaintext
 upload in parts with Content-MD5 under Object Lock, check size and ETag, upload the manifest,
 apply retention, write the metrics. Each sample uploads into a fresh prefix. The sides
 alternate (benchmarks/harness.py), at least three pairs after a warm-up round.
+
+The baseline's copies are locked too: rclone 1.60 cannot send Object Lock headers
+(``--header-upload X-Amz-Object-Lock-Mode:...`` gives "Don't know how to set key"), so the
+bucket carries a default retention (COMPLIANCE, 1 day) that the store applies to every object
+written without one; ours sends its own retention with each object, which overrides it. What
+the baseline does not do: hash the plaintext and compare it with the manifest, hash the
+ciphertext, check the whole object's ETag (rclone checks the size only: a multipart ETag is not
+an MD5), list the store, upload a manifest, apply retention and write metrics. Both send a
+Content-MD5 with every part and sign every payload's SHA-256 (plain http on loopback).
 
 Targets (issue 12): median time ratio (ours / baseline) <= 1.1; peak RSS <= 64 MiB.
 
@@ -79,14 +89,18 @@ def recipient(work):
 
 CREATE_BUCKET = """
 import os, boto3
-boto3.client("s3", endpoint_url=os.environ["ENDPOINT"], region_name="us-east-1").create_bucket(
-    Bucket=os.environ["BUCKET"], ObjectLockEnabledForBucket=True
+client = boto3.client("s3", endpoint_url=os.environ["ENDPOINT"], region_name="us-east-1")
+client.create_bucket(Bucket=os.environ["BUCKET"], ObjectLockEnabledForBucket=True)
+rule = {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}}
+client.put_object_lock_configuration(
+    Bucket=os.environ["BUCKET"], ObjectLockConfiguration={"ObjectLockEnabled": "Enabled", "Rule": rule}
 )
 """
 
 
 def create_bucket(store):
-    """The bucket, with Object Lock, by the store's admin (through the hosts' boto3: any python3 runs this file)."""
+    """The bucket, with Object Lock and a default retention (for the baseline's copies), by the
+    store's admin (through the hosts' boto3: any python3 runs this file)."""
     env = {
         **os.environ,
         "ENDPOINT": store.endpoint,
@@ -104,6 +118,7 @@ def main():
     parser.add_argument("--size-mb", type=int, help="the backup's size in MiB (overrides --quick)")
     parser.add_argument("--concurrency", type=int, help="ours: s3_upload_concurrency (default: the job's default)")
     parser.add_argument("--part-size-mib", type=int, help="ours: s3_part_size_mib (default: the job's default)")
+    fixtures.add_tree_arguments(parser)
     args = parser.parse_args()
     size_mb = args.size_mb or (64 if args.quick else 1024)
     for tool in ("age", "age-keygen", "rclone", HOST_PYTHON):
@@ -131,11 +146,7 @@ def run(args, work, store, size_mb):
         json.dumps({"access_key_id": seaweedfs.HOST["access_key"], "secret_access_key": seaweedfs.HOST["secret_key"]})
     )
     credentials.chmod(0o600)
-    lib = work / "lib"
-    lib.mkdir()
-    (lib / "tradingbot_ops").symlink_to(harness.REPO / "plugins" / "module_utils")
-    config_path = work / "offsite.json"
-    env = {**os.environ, "PYTHONPATH": str(lib)}
+    env = dict(os.environ)
     env.pop("AWS_CA_BUNDLE", None)
     # rclone's remote from the environment: the key stays out of argv here as well.
     rclone_env = {
@@ -156,7 +167,7 @@ def run(args, work, store, size_mb):
         counter["n"] += 1
         return f"run{counter['n']:03d}"
 
-    def ours():
+    def ours(tree):
         config = {
             "backup_dir": str(backup_dir),
             "recipient": key,
@@ -171,9 +182,12 @@ def run(args, work, store, size_mb):
             config["s3_upload_concurrency"] = args.concurrency
         if args.part_size_mib:
             config["s3_part_size_mib"] = args.part_size_mib
+        config_path = work / f"offsite-{tree.label}.json"
         config_path.write_text(json.dumps(config), encoding="utf-8")
         argv = [HOST_PYTHON, "-m", "tradingbot_ops.offsite_cli", "--config", str(config_path)]
-        return harness.run_command(argv, env=env)
+        tree_env = tree.env()
+        tree_env.pop("AWS_CA_BUNDLE", None)
+        return harness.run_command(argv, env=tree_env)
 
     def baseline():
         target = f"bench:{BUCKET}/{fresh_prefix()}/{backup.name}.age"
@@ -186,15 +200,26 @@ def run(args, work, store, size_mb):
     size = backup.stat().st_size / fixtures.MIB
     print(f"backup: {backup.name}, {size:.0f} MiB; store: SeaweedFS at {store.endpoint}")
     print(f"ours on {HOST_PYTHON} with boto3 {version.stdout.strip()}; baseline: age | rclone rcat")
-    sides = [
-        harness.Side("age | rclone rcat", baseline, prepare=lambda: fixtures.warm(backup)),
-        harness.Side("offsite_cli", ours, prepare=lambda: fixtures.warm(backup)),
+    trees = fixtures.trees(args, work)
+    for tree in trees:
+        describe = ["git", "-C", tree.path, "describe", "--always", "--dirty"]
+        head = subprocess.run(describe, capture_output=True, text=True, check=False)
+        print(f"tree {tree.label}: {tree.path} ({head.stdout.strip() or 'not a git checkout'})")
+    reference = "age | rclone rcat"
+    sides = [harness.Side(reference, baseline, prepare=lambda: fixtures.warm(backup))]
+    sides += [
+        harness.Side(f"offsite_cli ({tree.label})", lambda tree=tree: ours(tree), prepare=lambda: fixtures.warm(backup))
+        for tree in trees
     ]
     results = harness.alternate(sides, pairs=args.pairs, warmup=args.warmup)
-    print(results.table(reference="age | rclone rcat"))
+    print(results.table(reference=reference))
+    this = "offsite_cli (this)"
+    for other in sides[1:-1]:
+        time_ratio, cpu_ratio = (results.ratio(this, other.name, metric) for metric in ("seconds", "cpu_s"))
+        print(f"this / {other.name}: time ratio {time_ratio:.2f}, CPU ratio {cpu_ratio:.2f}")
     verdicts = harness.Verdicts()
-    verdicts.check("time ratio offsite_cli / age|rclone", results.ratio("offsite_cli", "age | rclone rcat"), 1.1)
-    verdicts.check("peak RSS MiB offsite_cli", results.worst("offsite_cli", "rss_mib"), 64)
+    verdicts.check("time ratio offsite_cli / age|rclone", results.ratio(this, reference), 1.1)
+    verdicts.check("peak RSS MiB offsite_cli", results.worst(this, "rss_mib"), 64)
     sys.exit(harness.finish(verdicts, harness.reproduce(__file__)))
 
 

@@ -1,12 +1,12 @@
 """S3 storage backend: backups and manifests as objects in a bucket, under a prefix.
 
-Built on boto3 (Debian's python3-boto3 on hosts); the client, its settings and the key pair
-come from ``s3_client``, the part buffers from ``s3_parts``. Without boto3, constructing an
-``S3Storage`` raises a clear StorageError.
+Built on botocore (Debian's python3-boto3 or python3-botocore on hosts); the client, its
+settings and the key pair come from ``s3_client``, the part buffers from ``s3_parts``. Without
+botocore, constructing an ``S3Storage`` raises a clear StorageError.
 
-- Uploads stream: ``concurrency`` parts (default 1 of ``part_size``, 8 MiB) are in memory,
-  and in flight, at a time. A file smaller than a part is one PUT; anything larger is a
-  multipart upload.
+- Uploads stream: ``concurrency`` parts (default 3 of ``part_size``, 5 MiB) are in memory,
+  and in flight, at a time; the next part is read while they upload. A file smaller than a
+  part is one PUT; anything larger is a multipart upload.
 - Every PUT and part carries the Content-MD5 of its bytes, which the store checks; the ETag
   the store reports is compared with the one computed here (MD5, or MD5 of the part MD5s).
 - Object Lock: with ``lock_seconds`` > 0 every object is written in COMPLIANCE mode, retained
@@ -30,12 +30,14 @@ import tempfile
 
 from ..errors import StorageError
 from .base import ObjectInfo, Storage
-from .s3_client import BotoCoreError, ClientError, describe_location, make_client, require_boto3
-from .s3_parts import PartBody, read_parts
+from .s3_client import BotoCoreError, ClientError, describe_location, make_client, require_botocore
+from .s3_parts import read_parts
 
-DEFAULT_PART_SIZE = 8 * 1024 * 1024
-DEFAULT_CONCURRENCY = 1
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every part but the last
+# 3 parts of 5 MiB in flight: what fits the copy job's 64 MiB (issue 12) beside botocore's ~43 MiB
+# (see docs/offsite.md, Benchmark); rclone's defaults are 4 of 5 MiB.
+DEFAULT_PART_SIZE = MIN_PART_SIZE
+DEFAULT_CONCURRENCY = 3
 LOCK_MODE = "COMPLIANCE"
 
 
@@ -69,7 +71,7 @@ class S3Storage(Storage):
         connect_timeout=10,
         read_timeout=60,
     ):
-        require_boto3()
+        require_botocore()
         if not bucket:
             raise StorageError("the S3 backend needs a bucket name")
         if part_size < MIN_PART_SIZE:
@@ -147,7 +149,7 @@ class S3Storage(Storage):
     def put_stream(self, key, stream, metadata=None):
         """Upload what ``stream.read()`` returns until EOF (a pipe will do); return the ObjectInfo.
 
-        Memory: one part. The ETag the store computes must equal the one computed here.
+        Memory: ``concurrency`` parts. The ETag the store computes must equal the one computed here.
         """
         object_key = self._object_key(key)
         extra = {"Bucket": self.bucket, "Key": object_key, "Metadata": dict(metadata or {}), **self._lock_args()}
@@ -155,10 +157,9 @@ class S3Storage(Storage):
         first = next(parts)
         if len(first) < self.part_size:
             digest = hashlib.md5(first, usedforsecurity=False)
-            with PartBody(first) as body:
-                response = self._call(
-                    "put", key, self._client.put_object, Body=body, ContentMD5=_md5_b64(digest.digest()), **extra
-                )
+            response = self._call(
+                "put", key, self._client.put_object, Body=first, ContentMD5=_md5_b64(digest.digest()), **extra
+            )
             expected_etag = digest.hexdigest()
         else:
             response, expected_etag = self._multipart(key, object_key, extra, itertools.chain((first,), parts))
@@ -177,27 +178,25 @@ class S3Storage(Storage):
         upload_id = upload["UploadId"]
 
         def send(number, chunk):
-            with chunk, PartBody(chunk) as body:
-                digest = hashlib.md5(chunk, usedforsecurity=False).digest()
-                response = self._call(
-                    f"upload part {number} of",
-                    key,
-                    self._client.upload_part,
-                    Bucket=self.bucket,
-                    Key=object_key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=body,
-                    ContentMD5=_md5_b64(digest),
-                )
+            digest = hashlib.md5(chunk, usedforsecurity=False).digest()
+            response = self._call(
+                f"upload part {number} of",
+                key,
+                self._client.upload_part,
+                Bucket=self.bucket,
+                Key=object_key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=chunk,
+                ContentMD5=_md5_b64(digest),
+            )
             return {"ETag": response["ETag"], "PartNumber": number}, digest
 
         parts, digests, inflight = [], [], collections.deque()
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="s3-part")
         try:
             for number, chunk in enumerate(chunks, start=1):
-                # A view of its own: the generator releases ``chunk`` while the upload runs.
-                inflight.append(pool.submit(send, number, memoryview(chunk)))
+                inflight.append(pool.submit(send, number, chunk))
                 if len(inflight) == self.concurrency:  # the oldest buffer is read into next
                     part, digest = inflight.popleft().result()
                     parts.append(part)

@@ -1,4 +1,4 @@
-"""How the S3 backend reaches a store: the key pair, the boto3 client and its settings.
+"""How the S3 backend reaches a store: the key pair, the botocore client and its settings.
 
 - Credentials come from a 0600 JSON file or systemd's ``LoadCredential=`` (``load_credentials``),
   never from argv, the environment or ~/.aws; no error message quotes them.
@@ -7,29 +7,69 @@
   Content-MD5 with every request instead, so the same requests go out from Debian's boto3 1.26
   and from newer ones, and stores that reject aws-chunked trailers still work.
 
-The boto3 import is guarded so that module_utils imports without it; building a client then
-raises a clear StorageError.
+The client is botocore's own (boto3 is a layer over it that the backend does not use; Debian's
+python3-boto3 brings python3-botocore). Its import is guarded so that module_utils imports
+without it; building a client then raises a clear StorageError.
+
+Memory (issue 12: the copy job's peak RSS is at most 64 MiB): under Debian 12's python3,
+``import boto3`` and one client take 51.5 MiB; botocore's own session 2 MiB less (boto3 adds
+s3transfer and multiprocessing). botocore 1.29 imports ``urllib3.contrib.pyopenssl`` only to
+take the stdlib's SSLContext back out of it and falls back to urllib3's, the same class, when
+that import fails; the import loads pyOpenSSL and cryptography, another 6.6 MiB. And Debian's
+botocore imports requests, which loads chardet's language models (2.5 MiB) when chardet is
+installed and uses charset_normalizer otherwise; botocore never guesses a text encoding. Both
+are held off while botocore loads (``_without``), so botocore and requests take their fallbacks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import stat as stat_module
+import sys
+import warnings
 
 from ..errors import StorageError
 
+
+@contextlib.contextmanager
+def _without(modules):
+    """Make ``import`` of each of ``modules`` fail inside the block (unless loaded already), then allow it again."""
+    held = [module for module in modules if module not in sys.modules]
+    for module in held:
+        sys.modules[module] = None  # the import system's own "not importable" mark
+    try:
+        with warnings.catch_warnings():
+            # requests' version check names charset_normalizer when chardet is held off.
+            warnings.filterwarnings("ignore", message=r"urllib3 \(.*\) or chardet \(.*\)/charset_normalizer")
+            yield
+    finally:
+        for module in held:
+            if sys.modules.get(module, ...) is None:
+                del sys.modules[module]
+
+
+def _memory_heavy_optional_modules():
+    held = ["urllib3.contrib.pyopenssl"]
+    if importlib.util.find_spec("charset_normalizer") is not None:  # requests needs one of the two
+        held.append("chardet")
+    return held
+
+
 try:
-    import boto3
-    import botocore
-    from botocore.config import Config as BotoConfig
-    from botocore.exceptions import BotoCoreError, ClientError
-    from botocore.handlers import add_expect_header
-except ImportError:  # pragma: no cover - exercised on hosts without python3-boto3
-    boto3 = None
+    with _without(_memory_heavy_optional_modules()):
+        import botocore
+        import botocore.session
+        from botocore.config import Config as BotoConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.handlers import add_expect_header
+except ImportError:  # pragma: no cover - exercised on hosts without python3-botocore
+    botocore = None
     BotoCoreError = ClientError = ()
 
-# The botocore errors are the backend's too; () when boto3 is missing, so ``except`` still works.
+# The botocore errors are the backend's too; () when botocore is missing, so ``except`` still works.
 __all__ = [
     "CREDENTIAL_KEYS",
     "BotoCoreError",
@@ -37,15 +77,17 @@ __all__ = [
     "describe_location",
     "load_credentials",
     "make_client",
-    "require_boto3",
+    "require_botocore",
 ]
 
 CREDENTIAL_KEYS = ("access_key_id", "secret_access_key")
 
 
-def require_boto3():
-    if boto3 is None:
-        raise StorageError("the S3 backend needs boto3: install python3-boto3 (Debian) or pip install boto3")
+def require_botocore():
+    if botocore is None:
+        raise StorageError(
+            "the S3 backend needs botocore: install python3-boto3 or python3-botocore (Debian), or pip install boto3"
+        )
 
 
 def load_credentials(path=None, credential_name=None):
@@ -82,8 +124,8 @@ def load_credentials(path=None, credential_name=None):
 
 
 def make_client(credentials, *, endpoint, region, path_style, ca_bundle, max_attempts, connect_timeout, read_timeout):
-    """A boto3 S3 client with explicit keys and the settings the module docstring explains."""
-    require_boto3()
+    """A botocore S3 client with explicit keys and the settings the module docstring explains."""
+    require_botocore()
     options = {
         "region_name": region,
         "retries": {"mode": "standard", "max_attempts": max_attempts},
@@ -97,8 +139,8 @@ def make_client(credentials, *, endpoint, region, path_style, ca_bundle, max_att
         options["response_checksum_validation"] = "when_required"
     # A session of its own: no shared state, and no credentials from the environment or
     # ~/.aws, since explicit keys override every other source.
-    session = boto3.session.Session()
-    client = session.client(
+    session = botocore.session.Session()
+    client = session.create_client(
         "s3",
         endpoint_url=endpoint,
         aws_access_key_id=credentials["access_key_id"],
