@@ -5,6 +5,7 @@ app-level check (through site.yml, which hands a version change on running hosts
 rollout), check mode, a good version, a re-run, and a restart with one host down already.
 """
 
+import itertools
 import json
 import os
 import re
@@ -16,9 +17,9 @@ import testinfra
 NAMES = [f"tradingbot-debian12-fleet-{n}" for n in (1, 2, 3)]
 HOSTS = [testinfra.get_host(f"podman://{name}") for name in NAMES]
 WHEELS = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "wheels")
-OLD, GOOD, BAD = (os.path.join(WHEELS, f"tradingbot_demo-{v}-py3-none-any.whl") for v in ("0.1.0", "0.2.0", "0.3.0"))
+_OLD, GOOD, BAD = (os.path.join(WHEELS, f"tradingbot_demo-{v}-py3-none-any.whl") for v in ("0.1.0", "0.2.0", "0.3.0"))
 VENV = "/opt/tradingbot/venv"
-HEALTH = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=5).read().decode())"
+HEALTH = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/health', timeout=5).read().decode())"
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", re.MULTILINE)
 
 
@@ -100,7 +101,7 @@ def test_a_good_version_reaches_every_host_with_never_two_down_at_once():
         assert now["ActiveEnterTimestampMonotonic"] > now["ActiveExitTimestampMonotonic"]
         downtimes.append((now["ActiveExitTimestampMonotonic"], now["ActiveEnterTimestampMonotonic"]))
     ordered = sorted(downtimes)
-    assert all(stop_next > start for (_, start), (stop_next, _) in zip(ordered, ordered[1:])), downtimes
+    assert all(stop_next > start for (_, start), (stop_next, _) in itertools.pairwise(ordered)), downtimes
     # ... and in inventory order, the ramp's.
     assert ordered == downtimes
 
