@@ -24,11 +24,15 @@ RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", re.MULTILINE)
 
 
 def playbook(name, *args):
-    """Run a playbook of the collection the way an operator does, on molecule's inventory."""
+    """Run a playbook of the collection the way an operator does, on molecule's inventory.
+
+    Returns the run and its output with the callback's line wrapping undone.
+    """
     argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], f"tradingbot.ops.{name}", *args]
-    run = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900)
+    env = os.environ | {"ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    run = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900, env=env)
     print(run.stdout[-6000:], run.stderr[-2000:])  # shown when a test fails
-    return run
+    return run, " ".join(run.stdout.split())
 
 
 def health(host):
@@ -56,14 +60,15 @@ def test_hosts_start_on_the_old_version():
 
 def test_a_failing_version_is_rolled_back_on_the_first_host_and_stops_the_rollout():
     before = [unit(h) for h in HOSTS]
-    run = playbook("site", "-e", f"tradingbot_venv_app_source={BAD}")
+    run, out = playbook("site", "-e", f"tradingbot_venv_app_source={BAD}")
     assert run.returncode != 0
-    assert f"{NAMES[0]} failed its gate on the new version" in run.stdout
-    assert "was rolled back to the previous venv" in run.stdout
+    assert f"{NAMES[0]} failed its gate on the new version" in out
+    assert "was rolled back to the previous venv" in out
     first, *rest = HOSTS
     # The first host ran the bad version, failed, and serves the old one again.
     assert unit(first)["ActiveEnterTimestampMonotonic"] > before[0]["ActiveEnterTimestampMonotonic"]
-    assert health(first) | {"status": "ok", "version": "0.1.0"} == health(first)
+    answer = health(first)
+    assert answer | {"status": "ok", "version": "0.1.0"} == answer
     assert installed(first, VENV) == "0.1.0"
     assert installed(first, f"{VENV}.failed") == "0.3.0"
     assert not first.file(f"{VENV}.rollback").exists
@@ -77,24 +82,25 @@ def test_a_failing_version_is_rolled_back_on_the_first_host_and_stops_the_rollou
 
 def test_check_mode_shows_the_batches_and_what_each_host_gets():
     before = [unit(h) for h in HOSTS]
-    run = playbook("rolling", "--check", "-e", f"tradingbot_venv_app_source={GOOD}")
+    run, out = playbook("rolling", "--check", "-e", f"tradingbot_venv_app_source={GOOD}")
     assert run.returncode == 0
     # The default ramp [1, "25%", "100%"] on three hosts: one host per batch.
     for n, name in enumerate(NAMES, start=1):
-        assert f"upgrade: hosts {n} to {n} of 3: {name}" in run.stdout
-        assert f"{name} gets {GOOD}: install, restart, gate" in run.stdout
+        assert f"upgrade: hosts {n} to {n} of 3: {name}" in out
+        assert f"{name} gets {GOOD}: install, restart, gate" in out
     assert [unit(h) for h in HOSTS] == before
     assert [installed(h, VENV) for h in HOSTS] == ["0.1.0"] * 3
 
 
 def test_a_good_version_reaches_every_host_with_never_two_down_at_once():
     before = [unit(h) for h in HOSTS]
-    run = playbook("rolling", "-e", f"tradingbot_venv_app_source={GOOD}")
+    run, _ = playbook("rolling", "-e", f"tradingbot_venv_app_source={GOOD}")
     assert run.returncode == 0
     after = [unit(h) for h in HOSTS]
     downtimes = []
     for host, was, now in zip(HOSTS, before, after, strict=True):
-        assert health(host) | {"status": "ok", "version": "0.2.0"} == health(host)
+        answer = health(host)
+        assert answer | {"status": "ok", "version": "0.2.0"} == answer
         assert installed(host, f"{VENV}.previous") == "0.1.0"
         # Each host went down (stop) and came back (start) once, during this rollout.
         assert now["ActiveExitTimestampMonotonic"] > was["ActiveEnterTimestampMonotonic"]
@@ -108,7 +114,7 @@ def test_a_good_version_reaches_every_host_with_never_two_down_at_once():
 
 def test_a_second_rollout_changes_nothing():
     before = [unit(h) for h in HOSTS]
-    run = playbook("rolling", "-e", f"tradingbot_venv_app_source={GOOD}")
+    run, _ = playbook("rolling", "-e", f"tradingbot_venv_app_source={GOOD}")
     assert run.returncode == 0
     assert {host: int(changed) for host, changed in RECAP.findall(run.stdout)} == dict.fromkeys(NAMES, 0)
     assert [unit(h) for h in HOSTS] == before
@@ -124,7 +130,7 @@ def third_host_down():
 @pytest.mark.usefixtures("third_host_down")
 def test_a_restart_refuses_to_take_a_second_host_down():
     before = [unit(h) for h in HOSTS[:2]]
-    run = playbook("rolling", "-e", "tradingbot_rollout_action=restart", "-e", f"tradingbot_venv_app_source={GOOD}")
+    run, out = playbook("rolling", "-e", "tradingbot_rollout_action=restart")
     assert run.returncode != 0
-    assert f"Refusing to take {NAMES[0]} down: {NAMES[2]} is unhealthy already" in run.stdout
+    assert f"Refusing to take {NAMES[0]} down: {NAMES[2]} is unhealthy already" in out
     assert [unit(h) for h in HOSTS[:2]] == before
