@@ -26,13 +26,14 @@ RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", re.MULTILINE)
 def playbook(name, *args):
     """Run a playbook of the collection the way an operator does, on molecule's inventory.
 
-    Returns the run and its output with the callback's line wrapping undone.
+    Returns the run and its output (stdout, then stderr, where ansible-core 2.19+ also writes
+    a task's error) with the callback's line wrapping undone.
     """
     argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], f"tradingbot.ops.{name}", *args]
     env = os.environ | {"ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
     run = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900, env=env)
     print(run.stdout[-6000:], run.stderr[-2000:])  # shown when a test fails
-    return run, " ".join(run.stdout.split())
+    return run, " ".join((run.stdout + run.stderr).split())
 
 
 def health(host):
