@@ -25,6 +25,7 @@ def test_roles_are_found():
         "tradingbot_logrotate",
         "tradingbot_restore",
         "tradingbot_recovery_drill",
+        "tradingbot_rollout",
     }
 
 

@@ -3,6 +3,7 @@ SIGHUP log reopen, SIGUSR1/SIGUSR2 breaker drill."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -24,6 +25,11 @@ from tradingbot_ops.circuit_breaker import (
 )
 
 LOG = logging.getLogger("tradingbot")
+# Reported by /health, so that a rollout (and its tests) can see which version serves.
+try:
+    VERSION = importlib.metadata.version("tradingbot-demo")
+except importlib.metadata.PackageNotFoundError:
+    VERSION = "unknown"
 
 
 def sd_notify(message):
@@ -102,7 +108,13 @@ class App:
     def health(self):
         with self._db_lock:
             rows = self.db.execute("SELECT count(*) FROM ticks").fetchone()[0]
-        return {"status": "ok", "ticks": self.ticks, "rows": rows, "breaker": self.breaker.state.value}
+        return {
+            "status": "ok",
+            "version": VERSION,
+            "ticks": self.ticks,
+            "rows": rows,
+            "breaker": self.breaker.state.value,
+        }
 
     @staticmethod
     def force_breakers(opened):
