@@ -164,8 +164,13 @@ def decode_file(path, compression, sink=None, hash_decoded=True):
 
 
 def _gzip_member(data, level):
+    """One gzip member holding ``data``, decoded again at once: the bytes written are proven
+    to decode to the source beside the dump, not in a second pass over the file."""
     comp = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return comp.compress(data) + comp.flush()
+    member = comp.compress(data) + comp.flush()
+    if zlib.decompress(member, 31) != data:
+        raise BackupError("a gzip member does not decode to its source bytes")
+    return member
 
 
 class _Sink:
@@ -182,27 +187,73 @@ class _Sink:
         self.size += len(data)
 
 
-def compress_stream(source, handle, compression, level, workers=None):
-    """Stream ``source`` (a binary reader) through ``compression`` into ``handle``.
+class _Comparer:
+    """Checks a decoded stream against the source chunks still awaiting their decode."""
 
-    Memory stays bounded: gzip runs as independent 1 MiB gzip members compressed by a pool of
-    ``workers`` threads (a valid multi-member gzip file that gzip -d and Python read), zstd as
-    a single-threaded child process fed by a thread. Returns ``{raw_sha256, raw_size, sha256, size}``.
+    def __init__(self):
+        self.pending = collections.deque()
+        self.offset = 0  # into pending[0]
+        self.size = 0
+
+    def expect(self, chunk):
+        self.pending.append(chunk)
+
+    def check(self, piece):
+        view = memoryview(piece)
+        while view:
+            if not self.pending:
+                raise BackupError("the compressed stream decodes to more bytes than the source")
+            head = self.pending[0]
+            take = min(len(view), len(head) - self.offset)
+            if view[:take] != memoryview(head)[self.offset : self.offset + take]:
+                raise BackupError(f"the compressed stream does not decode to the source (at byte {self.size})")
+            view = view[take:]
+            self.size += take
+            self.offset += take
+            if self.offset == len(head):
+                self.pending.popleft()
+                self.offset = 0
+
+    def finish(self):
+        if self.pending:
+            raise BackupError(f"the compressed stream decodes to only {self.size} bytes of the source")
+
+
+def compress_stream(source, handle, compression, level, *, workers=None, observe=None):
+    """Stream ``source`` (a binary reader) through ``compression`` into ``handle``, decoding
+    what is written as it is written.
+
+    Memory stays bounded: gzip runs as independent 1 MiB gzip members compressed (and decoded
+    again) by a pool of ``workers`` threads (a valid multi-member gzip file that gzip -d and
+    Python read); zstd as a single-threaded child process fed by a thread, its output decoded by
+    a second zstd child and compared with the source. ``observe``, when given, sees every source
+    chunk (a row counter). Returns ``{raw_sha256, raw_size, sha256, size, decoded_size, head,
+    tail}``: ``decoded_size`` bytes of the output were decoded and equal the source, whose
+    first 16 and last 4096 bytes are ``head`` and ``tail``. Raises BackupError otherwise.
     """
     sink = _Sink(handle)
     raw_sha = hashlib.sha256()
     raw_size = 0
+    head = tail = b""
 
-    def raw_chunks():
-        nonlocal raw_size
+    def raw_chunks(comparer=None):
+        nonlocal raw_size, head, tail
         for chunk in iter(lambda: source.read(CHUNK_SIZE), b""):
             raw_sha.update(chunk)
+            if raw_size < 16:
+                head = (head + chunk)[:16]
+            tail = (tail + chunk[-4096:])[-4096:]
             raw_size += len(chunk)
+            if observe is not None:
+                observe(chunk)
+            if comparer is not None:
+                comparer.expect(chunk)
             yield chunk
 
     if compression == "none":
         for chunk in raw_chunks():
             sink.write(chunk)
+        decoded_size = raw_size  # written as read; the re-read of the file compares the bytes
     elif compression == "gzip":
         workers = workers or compression_workers()
         pending = collections.deque()
@@ -219,11 +270,30 @@ def compress_stream(source, handle, compression, level, workers=None):
                     future.cancel()
         if raw_size == 0:
             sink.write(_gzip_member(b"", level))
+        decoded_size = raw_size
     elif compression == "zstd":
-        # The feeder thread reads and hashes the source while this one writes zstd's output.
-        with zstd_compressor(raw_chunks(), level) as compressed:
+        comparer = _Comparer()
+
+        def written(compressed):
             for data in compressed:
                 sink.write(data)
+                yield data
+
+        # Three stages overlap: a thread feeds zstd and reads the source, a thread writes
+        # zstd's output and feeds it to zstd -d, this one compares what zstd -d gives back.
+        with zstd_compressor(raw_chunks(comparer), level) as compressed, zstd_decompressor(written(compressed)) as out:
+            for piece in out:
+                comparer.check(piece)
+        comparer.finish()
+        decoded_size = comparer.size
     else:
         raise BackupError(f"unknown compression {compression!r}")
-    return {"raw_sha256": raw_sha.hexdigest(), "raw_size": raw_size, "sha256": sink.sha.hexdigest(), "size": sink.size}
+    return {
+        "raw_sha256": raw_sha.hexdigest(),
+        "raw_size": raw_size,
+        "sha256": sink.sha.hexdigest(),
+        "size": sink.size,
+        "decoded_size": decoded_size,
+        "head": head,
+        "tail": tail,
+    }
