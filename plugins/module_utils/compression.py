@@ -187,36 +187,49 @@ class _Sink:
         self.size += len(data)
 
 
-class _Comparer:
-    """Checks a decoded stream against the source chunks still awaiting their decode."""
+def _write_gzip(chunks, sink, level, workers):
+    """Compress ``chunks`` into gzip members on ``workers`` threads, each decoded again there."""
+    size = 0
+    pending = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        try:
+            for chunk in chunks:
+                size += len(chunk)
+                pending.append(pool.submit(_gzip_member, chunk, level))
+                while len(pending) > workers * _INFLIGHT_PER_WORKER:
+                    sink.write(pending.popleft().result())
+            while pending:
+                sink.write(pending.popleft().result())
+        finally:
+            for future in pending:
+                future.cancel()
+    if size == 0:
+        sink.write(_gzip_member(b"", level))
+    return size
 
-    def __init__(self):
-        self.pending = collections.deque()
-        self.offset = 0  # into pending[0]
-        self.size = 0
 
-    def expect(self, chunk):
-        self.pending.append(chunk)
+def _write_zstd(chunks, sink, level, raw_sha):
+    """Compress ``chunks`` with zstd and decode the output again with a second zstd; the
+    decoded stream must hash to ``raw_sha`` (the source's, complete once ``chunks`` is)."""
+    decoded_sha = hashlib.sha256()
+    decoded_size = 0
 
-    def check(self, piece):
-        view = memoryview(piece)
-        while view:
-            if not self.pending:
-                raise BackupError("the compressed stream decodes to more bytes than the source")
-            head = self.pending[0]
-            take = min(len(view), len(head) - self.offset)
-            if view[:take] != memoryview(head)[self.offset : self.offset + take]:
-                raise BackupError(f"the compressed stream does not decode to the source (at byte {self.size})")
-            view = view[take:]
-            self.size += take
-            self.offset += take
-            if self.offset == len(head):
-                self.pending.popleft()
-                self.offset = 0
+    def written(compressed):
+        for data in compressed:
+            sink.write(data)
+            yield data
 
-    def finish(self):
-        if self.pending:
-            raise BackupError(f"the compressed stream decodes to only {self.size} bytes of the source")
+    # Three stages overlap: a thread feeds zstd from the source, a thread writes zstd's output
+    # and feeds it to zstd -d, this one hashes what zstd -d gives back. A hash, not a byte
+    # comparison: zstd holds tens of MiB of compressible input before its first output, which a
+    # comparison would have to keep.
+    with zstd_compressor(chunks, level) as compressed, zstd_decompressor(written(compressed)) as decoded:
+        for piece in decoded:
+            decoded_sha.update(piece)
+            decoded_size += len(piece)
+    if decoded_sha.digest() != raw_sha.digest():
+        raise BackupError("the zstd stream written does not decode to the source (sha256 mismatch)")
+    return decoded_size
 
 
 def compress_stream(source, handle, compression, level, *, workers=None, observe=None):
@@ -226,7 +239,7 @@ def compress_stream(source, handle, compression, level, *, workers=None, observe
     Memory stays bounded: gzip runs as independent 1 MiB gzip members compressed (and decoded
     again) by a pool of ``workers`` threads (a valid multi-member gzip file that gzip -d and
     Python read); zstd as a single-threaded child process fed by a thread, its output decoded by
-    a second zstd child and compared with the source. ``observe``, when given, sees every source
+    a second zstd child and hashed. ``observe``, when given, sees every source
     chunk (a row counter). Returns ``{raw_sha256, raw_size, sha256, size, decoded_size, head,
     tail}``: ``decoded_size`` bytes of the output were decoded and equal the source, whose
     first 16 and last 4096 bytes are ``head`` and ``tail``. Raises BackupError otherwise.
@@ -236,7 +249,7 @@ def compress_stream(source, handle, compression, level, *, workers=None, observe
     raw_size = 0
     head = tail = b""
 
-    def raw_chunks(comparer=None):
+    def raw_chunks():
         nonlocal raw_size, head, tail
         for chunk in iter(lambda: source.read(CHUNK_SIZE), b""):
             raw_sha.update(chunk)
@@ -246,8 +259,6 @@ def compress_stream(source, handle, compression, level, *, workers=None, observe
             raw_size += len(chunk)
             if observe is not None:
                 observe(chunk)
-            if comparer is not None:
-                comparer.expect(chunk)
             yield chunk
 
     if compression == "none":
@@ -255,37 +266,9 @@ def compress_stream(source, handle, compression, level, *, workers=None, observe
             sink.write(chunk)
         decoded_size = raw_size  # written as read; the re-read of the file compares the bytes
     elif compression == "gzip":
-        workers = workers or compression_workers()
-        pending = collections.deque()
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            try:
-                for chunk in raw_chunks():
-                    pending.append(pool.submit(_gzip_member, chunk, level))
-                    while len(pending) > workers * _INFLIGHT_PER_WORKER:
-                        sink.write(pending.popleft().result())
-                while pending:
-                    sink.write(pending.popleft().result())
-            finally:
-                for future in pending:
-                    future.cancel()
-        if raw_size == 0:
-            sink.write(_gzip_member(b"", level))
-        decoded_size = raw_size
+        decoded_size = _write_gzip(raw_chunks(), sink, level, workers or compression_workers())
     elif compression == "zstd":
-        comparer = _Comparer()
-
-        def written(compressed):
-            for data in compressed:
-                sink.write(data)
-                yield data
-
-        # Three stages overlap: a thread feeds zstd and reads the source, a thread writes
-        # zstd's output and feeds it to zstd -d, this one compares what zstd -d gives back.
-        with zstd_compressor(raw_chunks(comparer), level) as compressed, zstd_decompressor(written(compressed)) as out:
-            for piece in out:
-                comparer.check(piece)
-        comparer.finish()
-        decoded_size = comparer.size
+        decoded_size = _write_zstd(raw_chunks(), sink, level, raw_sha)
     else:
         raise BackupError(f"unknown compression {compression!r}")
     return {

@@ -12,12 +12,16 @@ import re
 from ..errors import BackupError
 
 _IDENT = rb'(?:"(?:[^"]|"")*"|[^".\s(]+)'
-# pg_dump's form: COPY schema.table (col, ...) FROM stdin;  (no column list for a table without columns)
-_COPY_LINE = re.compile(rb"COPY (" + _IDENT + rb"\." + _IDENT + rb") (?:\(.*\) )?FROM stdin;")
+# pg_dump's form: COPY schema.table (col, ...) FROM stdin;  (two spaces, no list, for a table without columns)
+_COPY_LINE = re.compile(rb"COPY (" + _IDENT + rb"\." + _IDENT + rb") (?:\(.*\) | )FROM stdin;")
 _COPY = b"COPY "
 _END = b"\\.\n"
 # A header line longer than this is not pg_dump's (1600 columns of 63-byte names fit well within).
 _MAX_HEADER = 1024 * 1024
+# pg_dump's comment before each table's data: a COPY line without it (in a function body or a
+# text literal of the schema) does not start a data section.
+_DATA_COMMENT = re.compile(rb"(?:\A|\n)-- Data for Name: [^\n]*; Type: TABLE DATA; [^\n]*\n--\n\n\Z")
+_COMMENT_WINDOW = 2048  # the text kept before a COPY line: the comment's names are at most 63 bytes each
 
 
 class CopyRowCounter:
@@ -29,6 +33,7 @@ class CopyRowCounter:
         self._rows = 0
         self._carry = b""
         self._line_start = True  # whether the carry (or the next chunk) starts a line
+        self._before = b""  # the end of the schema text before the scan position
 
     def feed(self, chunk):
         data = self._carry + chunk if self._carry else chunk
@@ -69,36 +74,46 @@ class CopyRowCounter:
         if start < 0:
             self._keep_partial_line(data, pos)
             return None
+        before = self._remember(data, pos, start)
         newline = data.find(b"\n", start)
         if newline < 0:
             if len(data) - start > _MAX_HEADER:
                 raise BackupError("the dump has a COPY line longer than pg_dump writes")
             self._carry, self._line_start = data[start:], True
             return None
-        line = data[start:newline]
-        match = _COPY_LINE.fullmatch(line)
-        if match is None:
+        match = _COPY_LINE.fullmatch(data, start, newline)
+        if match is None or not _DATA_COMMENT.search(before):
             # Not a data section's header (COPY in a function body, say): go on after it.
+            self._remember(data, start, newline + 1)
             self._line_start = True
             return newline + 1
+        self._before = b""
         self._table = match.group(1).decode("utf-8")
         self._rows = 0
         self._line_start = True
         return newline + 1
+
+    def _remember(self, data, start, end):
+        """Keep the end of the schema text ``data[start:end]`` that precedes the scan position."""
+        self._before = (self._before + data[max(start, end - _COMMENT_WINDOW) : end])[-_COMMENT_WINDOW:]
+        return self._before
 
     def _keep_partial_line(self, data, pos):
         """Carry the chunk's last, unfinished line when it may still become a COPY line."""
         last = data.rfind(b"\n", pos) + 1
         if last == 0:
             if not self._line_start:
+                self._remember(data, pos, len(data))
                 return  # the line began in an earlier chunk and is not a COPY line
             last = pos
+        self._remember(data, pos, last)
         partial = data[last:]
         if not partial:
             self._line_start = True
         elif _COPY.startswith(partial[: len(_COPY)]):
             self._carry, self._line_start = partial, True
         else:
+            self._remember(data, last, len(data))
             self._line_start = False
 
     def finish(self):

@@ -27,6 +27,12 @@ CUSTOM_HEADER = b"PGDMP"
 # scheduler, a test) stops knocking on a server that failed a whole round of attempts.
 _BREAKERS = {}
 BREAKER_OPEN_SECONDS = 60.0
+# Every user table, and whether an extension owns it (constant SQL, nothing from outside).
+_TABLES_AND_OWNERS = (
+    "SELECT t.name, EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = "  # noqa: S608
+    "'pg_catalog.pg_class'::regclass AND d.objid = t.name::regclass AND d.deptype = 'e') "
+    "FROM (" + USER_TABLES_SQL + ") AS t(name)"
+)
 
 
 class _PgSnapshot:
@@ -65,8 +71,9 @@ class _PgSnapshot:
         raise BackupError(self.runner.redact(f"the snapshot session failed: {self.close() or 'no message'}"))
 
     def tables(self):
-        """Every user table in the snapshot, as quoted ``schema.table`` names."""
-        return self.rows(USER_TABLES_SQL)
+        """Every user table in the snapshot: ``{quoted schema.table: whether an extension owns it}``."""
+        rows = self.rows(_TABLES_AND_OWNERS)
+        return {name: flag == "t" for name, flag in (line.rsplit("\t", 1) for line in rows)}
 
     def count(self, tables):
         """Exact row counts of ``tables`` in the snapshot."""
@@ -145,14 +152,19 @@ def _dump(runner, plan, snapshot_id, tmp_path, observe=None):
 
 
 def _stream_counts(streamed, tables, snap):
-    """The rows the dump holds per table, checked against the snapshot's list of tables."""
+    """The rows per table: the dump's own, checked against the snapshot's list of tables."""
     unknown = sorted(set(streamed) - set(tables))
     if unknown:
         raise BackupError(f"the dump holds data for {', '.join(unknown[:5])}, which the snapshot does not list")
-    counts = dict(streamed)
-    missing = [table for table in tables if table not in streamed]
-    if missing:  # tables pg_dump writes no data for, such as an extension's: counted in the snapshot
-        counts.update(snap.count(missing))
+    missing = sorted(name for name, extension in tables.items() if not extension and name not in streamed)
+    if missing:
+        raise BackupError(f"the dump holds no data for {', '.join(missing[:5])}: it is incomplete")
+    counts = {name: rows for name, rows in streamed.items() if not tables[name]}
+    owned = [name for name, extension in tables.items() if extension]
+    if owned:
+        # CREATE EXTENSION fills these on restore and pg_dump writes only some rows, if any:
+        # the restored table holds what the source does, so they are counted in the snapshot.
+        counts.update(snap.count(owned))
     return dict(sorted(counts.items()))
 
 
