@@ -65,7 +65,7 @@ def test_a_stream_ending_inside_a_table_is_refused(cut):
 def test_a_very_long_row_is_not_held_in_memory():
     counter = CopyRowCounter()
     counter.feed(_data(b"t", b"COPY public.t (x) FROM stdin;", b"")[: -len(b"\\.\n\n")])
-    for _ in range(64):
+    for _megabyte in range(64):
         counter.feed(b"z" * (1 << 20))
         assert len(counter._carry) <= 3
     counter.feed(b"\n\\.\n")
