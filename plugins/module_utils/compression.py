@@ -164,8 +164,13 @@ def decode_file(path, compression, sink=None, hash_decoded=True):
 
 
 def _gzip_member(data, level):
+    """One gzip member holding ``data``, decoded again at once: the bytes written are proven
+    to decode to the source beside the dump, not in a second pass over the file."""
     comp = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return comp.compress(data) + comp.flush()
+    member = comp.compress(data) + comp.flush()
+    if zlib.decompress(member, 31) != data:
+        raise BackupError("a gzip member does not decode to its source bytes")
+    return member
 
 
 class _Sink:
@@ -182,48 +187,96 @@ class _Sink:
         self.size += len(data)
 
 
-def compress_stream(source, handle, compression, level, workers=None):
-    """Stream ``source`` (a binary reader) through ``compression`` into ``handle``.
+def _write_gzip(chunks, sink, level, workers):
+    """Compress ``chunks`` into gzip members on ``workers`` threads, each decoded again there."""
+    size = 0
+    pending = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        try:
+            for chunk in chunks:
+                size += len(chunk)
+                pending.append(pool.submit(_gzip_member, chunk, level))
+                while len(pending) > workers * _INFLIGHT_PER_WORKER:
+                    sink.write(pending.popleft().result())
+            while pending:
+                sink.write(pending.popleft().result())
+        finally:
+            for future in pending:
+                future.cancel()
+    if size == 0:
+        sink.write(_gzip_member(b"", level))
+    return size
 
-    Memory stays bounded: gzip runs as independent 1 MiB gzip members compressed by a pool of
-    ``workers`` threads (a valid multi-member gzip file that gzip -d and Python read), zstd as
-    a single-threaded child process fed by a thread. Returns ``{raw_sha256, raw_size, sha256, size}``.
+
+def _write_zstd(chunks, sink, level, raw_sha):
+    """Compress ``chunks`` with zstd and decode the output again with a second zstd; the
+    decoded stream must hash to ``raw_sha`` (the source's, complete once ``chunks`` is)."""
+    decoded_sha = hashlib.sha256()
+    decoded_size = 0
+
+    def written(compressed):
+        for data in compressed:
+            sink.write(data)
+            yield data
+
+    # Three stages overlap: a thread feeds zstd from the source, a thread writes zstd's output
+    # and feeds it to zstd -d, this one hashes what zstd -d gives back. A hash, not a byte
+    # comparison: zstd holds tens of MiB of compressible input before its first output, which a
+    # comparison would have to keep.
+    with zstd_compressor(chunks, level) as compressed, zstd_decompressor(written(compressed)) as decoded:
+        for piece in decoded:
+            decoded_sha.update(piece)
+            decoded_size += len(piece)
+    if decoded_sha.digest() != raw_sha.digest():
+        raise BackupError("the zstd stream written does not decode to the source (sha256 mismatch)")
+    return decoded_size
+
+
+def compress_stream(source, handle, compression, level, *, workers=None, observe=None):
+    """Stream ``source`` (a binary reader) through ``compression`` into ``handle``, decoding
+    what is written as it is written.
+
+    Memory stays bounded: gzip runs as independent 1 MiB gzip members compressed (and decoded
+    again) by a pool of ``workers`` threads (a valid multi-member gzip file that gzip -d and
+    Python read); zstd as a single-threaded child process fed by a thread, its output decoded by
+    a second zstd child and hashed. ``observe``, when given, sees every source
+    chunk (a row counter). Returns ``{raw_sha256, raw_size, sha256, size, decoded_size, head,
+    tail}``: ``decoded_size`` bytes of the output were decoded and equal the source, whose
+    first 16 and last 4096 bytes are ``head`` and ``tail``. Raises BackupError otherwise.
     """
     sink = _Sink(handle)
     raw_sha = hashlib.sha256()
     raw_size = 0
+    head = tail = b""
 
     def raw_chunks():
-        nonlocal raw_size
+        nonlocal raw_size, head, tail
         for chunk in iter(lambda: source.read(CHUNK_SIZE), b""):
             raw_sha.update(chunk)
+            if raw_size < 16:
+                head = (head + chunk)[:16]
+            tail = (tail + chunk[-4096:])[-4096:]
             raw_size += len(chunk)
+            if observe is not None:
+                observe(chunk)
             yield chunk
 
     if compression == "none":
         for chunk in raw_chunks():
             sink.write(chunk)
+        decoded_size = raw_size  # written as read; the re-read of the file compares the bytes
     elif compression == "gzip":
-        workers = workers or compression_workers()
-        pending = collections.deque()
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            try:
-                for chunk in raw_chunks():
-                    pending.append(pool.submit(_gzip_member, chunk, level))
-                    while len(pending) > workers * _INFLIGHT_PER_WORKER:
-                        sink.write(pending.popleft().result())
-                while pending:
-                    sink.write(pending.popleft().result())
-            finally:
-                for future in pending:
-                    future.cancel()
-        if raw_size == 0:
-            sink.write(_gzip_member(b"", level))
+        decoded_size = _write_gzip(raw_chunks(), sink, level, workers or compression_workers())
     elif compression == "zstd":
-        # The feeder thread reads and hashes the source while this one writes zstd's output.
-        with zstd_compressor(raw_chunks(), level) as compressed:
-            for data in compressed:
-                sink.write(data)
+        decoded_size = _write_zstd(raw_chunks(), sink, level, raw_sha)
     else:
         raise BackupError(f"unknown compression {compression!r}")
-    return {"raw_sha256": raw_sha.hexdigest(), "raw_size": raw_size, "sha256": sink.sha.hexdigest(), "size": sink.size}
+    return {
+        "raw_sha256": raw_sha.hexdigest(),
+        "raw_size": raw_size,
+        "sha256": sink.sha.hexdigest(),
+        "size": sink.size,
+        "decoded_size": decoded_size,
+        "head": head,
+        "tail": tail,
+    }

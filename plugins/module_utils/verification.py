@@ -27,6 +27,20 @@ def compare_written(path, decoded, expected):
     return {"ok": True, "detail": f"{decoded['decoded_size']} bytes decoded"}
 
 
+def check_written(path, written):
+    """Check a just-written backup whose stream ``compress_stream`` decoded as it wrote it.
+
+    The file is read back from disk and must hash to the bytes that were written, so it decodes
+    to what the writer decoded: the source stream. Returns the manifest's ``verification``.
+    """
+    name = os.path.basename(path)
+    if written["decoded_size"] != written["raw_size"]:
+        raise BackupError(f"{name} does not decode to the source stream (size mismatch)")
+    if sha256_file(path) != written["sha256"] or os.path.getsize(path) != written["size"]:
+        raise BackupError(f"{name} on disk differs from what was written (sha256 or size mismatch)")
+    return {"ok": True, "detail": f"{written['decoded_size']} bytes decoded while writing"}
+
+
 def checksum_problems(sha256, size, manifest):
     """What differs between a file's SHA-256/size and its manifest's (a legacy file has neither)."""
     problems = []

@@ -259,3 +259,89 @@ def test_a_failing_pg_dump_leaves_nothing_behind(postgres_cluster, source, tmp_p
         [os.path.basename(kept["path"]), os.path.basename(kept["manifest"]), ".postgres_backup.lock"]
     )
     assert fsutil.sha256_file(kept["path"]) == kept["sha256"]
+
+
+AWKWARD_TABLES = r"""
+CREATE SCHEMA "Odd Schema";
+CREATE TABLE "Odd Schema"."Mixed Case (x)" (v text, b bytea);
+INSERT INTO "Odd Schema"."Mixed Case (x)" VALUES
+  ('\.', '\x5c2e'), (E'two\nlines', NULL), (E'tab\there', '\x0a'), (E'back\\slash', ''), ('', NULL), (NULL, NULL),
+  (E'COPY public.ledger (batch) FROM stdin;', NULL), (E'\\.', NULL);
+CREATE TABLE empty_one (x int);
+CREATE TABLE "select" (x int);
+INSERT INTO "select" SELECT generate_series(1, 3);
+CREATE TABLE no_columns ();
+INSERT INTO no_columns DEFAULT VALUES;
+INSERT INTO no_columns DEFAULT VALUES;
+CREATE TABLE parted (k int) PARTITION BY RANGE (k);
+CREATE TABLE parted_low PARTITION OF parted FOR VALUES FROM (0) TO (100);
+CREATE TABLE parted_high PARTITION OF parted FOR VALUES FROM (100) TO (1000);
+INSERT INTO parted SELECT generate_series(0, 299);
+CREATE UNLOGGED TABLE scratch (x text);
+INSERT INTO scratch SELECT repeat('y', 5000) FROM generate_series(1, 400);
+"""
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_rows_counted_in_the_dump_stream_equal_select_count(postgres_cluster, source, tmp_path, compression):
+    psql_as_role(source, AWKWARD_TABLES)
+    result = run_backup(bopts(source, tmp_path / "bk", compression=compression))
+    manifest = catalog.read_manifest(result["path"])
+    assert "rows counted in the dump stream" in manifest["verification"]["detail"]
+    # SELECT count(*) of every table, run by psql on the live database.
+    assert manifest["tables"] == pg_client.pg_table_counts(source)
+    assert manifest["tables"]['"Odd Schema"."Mixed Case (x)"'] == 8
+    assert manifest["tables"]["public.no_columns"] == 2
+    assert manifest["tables"]["public.empty_one"] == 0
+    assert "public.parted" not in manifest["tables"]  # its rows are in its partitions
+    restored = restore_into(postgres_cluster, result["path"], manifest, f"r_stream_{compression}")
+    assert pg_client.pg_table_counts(restored) == manifest["tables"]
+    postgres_cluster.drop_database(restored["database"])
+
+
+def _doctored_pg_dump(tmp_path, awk_program):
+    """A pg_bin_dir whose pg_dump passes the real one's output through ``awk_program`` and exits 0."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("psql", "pg_restore"):
+        os.symlink(os.path.join(postgres.BIN_DIR, tool), bin_dir / tool)
+    script = bin_dir / "pg_dump"
+    script.write_text(f"#!/bin/sh\n'{postgres.BIN_DIR}/pg_dump' \"$@\" | awk '{awk_program}'\nexit 0\n")
+    script.chmod(0o755)
+    return str(bin_dir)
+
+
+# pg_dump's trailer, so the completion check alone cannot tell the dump is incomplete.
+_TRAILER = 'END { print "--"; print "-- PostgreSQL database dump complete"; print "--" }'
+
+
+def test_a_dump_cut_inside_a_table_is_refused_though_pg_dump_exits_0_with_its_trailer(source, tmp_path):
+    # The dump stops after 5 of ledger's 600 rows. pg_dump's exit status and the trailer check
+    # pass; the count(*) in the snapshot would have recorded 600 and called the backup verified,
+    # leaving the restore to find out. Counting the stream refuses it at once.
+    cut = "cut { next } /^COPY public\\.ledger / { copy = 1 } copy && ++n > 6 { cut = 1; next } { print } " + _TRAILER
+    backup_dir = tmp_path / "bk"
+    with pytest.raises(BackupError, match=r"ends inside the data of table public\.ledger"):
+        run_backup(bopts(source, backup_dir, pg_bin_dir=_doctored_pg_dump(tmp_path, cut)))
+    assert [n for n in os.listdir(backup_dir) if not n.endswith(".lock")] == []
+
+
+def test_a_dump_missing_a_data_terminator_is_refused(source, tmp_path):
+    # Without the \. after batches' rows, ledger's COPY line and rows read as batches' data.
+    drop = "/^\\\\\\.$/ && !seen++ { next } { print }"
+    with pytest.raises(BackupError, match=r"no data for public\.ledger"):
+        run_backup(bopts(source, tmp_path / "bk", pg_bin_dir=_doctored_pg_dump(tmp_path, drop)))
+
+
+def test_a_table_an_extension_owns_is_counted_in_the_snapshot(postgres_cluster, source, tmp_path):
+    # pg_dump writes no data for an extension's tables (CREATE EXTENSION makes them on restore).
+    postgres_cluster.psql(
+        "CREATE TABLE ext_owned (x int); INSERT INTO ext_owned SELECT generate_series(1, 4);"
+        f"GRANT SELECT ON ext_owned TO {postgres.ROLE}; ALTER EXTENSION plpgsql ADD TABLE ext_owned",
+        database=source["database"],
+    )
+    result = run_backup(bopts(source, tmp_path / "bk"))
+    with codecs.open_decompressed(result["path"]) as dump:
+        assert b"ext_owned" not in dump.read()
+    assert result["tables"] == pg_client.pg_table_counts(source)
+    assert result["tables"]["public.ext_owned"] == 4

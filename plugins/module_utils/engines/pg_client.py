@@ -22,11 +22,11 @@ from ..fsutil import CHUNK_SIZE
 # Every psql run: no ~/.psqlrc, quiet, stop at the first error.
 _PSQL_BASE = ("-X", "-q", "-v", "ON_ERROR_STOP=1")
 # Unaligned, tuples only, tab-separated: output a caller can split.
-_PSQL_TABULAR = ("-A", "-t", "-F", "\t")
+PSQL_TABULAR = ("-A", "-t", "-F", "\t")
 
 # Ordinary tables (partitions included, partitioned parents excluded so rows count once),
 # from pg_catalog: information_schema would hide tables the user has no privilege on.
-_PG_USER_TABLES = (
+USER_TABLES_SQL = (
     "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_catalog.pg_class c "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
     "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' "
@@ -134,31 +134,21 @@ class PgRunner:
         With ``snapshot`` (an id from ``pg_export_snapshot()``), the statement sees exactly that
         snapshot, e.g. the one a concurrent pg_dump uses.
         """
-        args = [*_PSQL_TABULAR, *_snapshot_args(snapshot), "-c", sql]
+        args = [*PSQL_TABULAR, *_snapshot_args(snapshot), "-c", sql]
         if snapshot:
             args += ["-c", "COMMIT"]
         return self.run("psql", args, database)
 
     def script(self, script, database, variables=None):
         """Run a psql script (stdin) with ``:'var'``/``:"var"`` variables; return its output."""
-        args = [*_PSQL_TABULAR, "-d", database]
+        args = [*PSQL_TABULAR, "-d", database]
         for key, value in (variables or {}).items():
             args += ["-v", f"{key}={value}"]
         return self.run("psql", args, database, stdin=script.encode())
 
     def table_counts(self, database=None, snapshot=None):
         """Return ``{schema.table: row count}`` for every user table, counted exactly."""
-        # Table names come from pg_catalog through quote_ident.
-        sql = (
-            "SELECT t.name, (xpath('/row/c/text()', query_to_xml('SELECT count(*) AS c FROM ' || t.name,"  # noqa: S608
-            " false, true, '')))[1]::text::bigint FROM (" + _PG_USER_TABLES + ") AS t(name) ORDER BY 1"
-        )
-        counts = {}
-        for line in self.query(sql, database, snapshot).splitlines():
-            if line:
-                name, count = line.rsplit("\t", 1)
-                counts[name] = int(count)
-        return counts
+        return parse_counts(self.query(table_counts_sql(), database, snapshot))
 
     def content_digest(self, database=None):
         """Return a deterministic SHA-256 over every user table's rows (ordered by their text form).
@@ -166,7 +156,7 @@ class PgRunner:
         Meant for tests and post-restore checks: it reads every row, so it costs a full scan.
         """
         digest = hashlib.sha256()
-        tables = [line for line in self.query(_PG_USER_TABLES, database).splitlines() if line]
+        tables = [line for line in self.query(USER_TABLES_SQL, database).splitlines() if line]
         for table in tables:
             digest.update(f"table {table}\n".encode())
             sql = f'COPY (SELECT t::text FROM {table} t ORDER BY t::text COLLATE "C") TO STDOUT'  # noqa: S608
@@ -177,6 +167,25 @@ class PgRunner:
             if proc.returncode != 0:
                 raise BackupError(self.redact(f"psql failed reading {table}: {tool_error(err)}"))
         return digest.hexdigest()
+
+
+def table_counts_sql(names_sql=USER_TABLES_SQL):
+    """SQL counting the rows of each table that ``names_sql`` names (one quoted name a row)."""
+    # The names are quoted identifiers (quote_ident, or pg_catalog through it).
+    return (
+        "SELECT t.name, (xpath('/row/c/text()', query_to_xml('SELECT count(*) AS c FROM ' || t.name,"  # noqa: S608
+        " false, true, '')))[1]::text::bigint FROM (" + names_sql + ") AS t(name) ORDER BY 1"
+    )
+
+
+def parse_counts(output):
+    """``{name: count}`` from tab-separated ``name, count`` lines."""
+    counts = {}
+    for line in output.splitlines():
+        if line:
+            name, count = line.rsplit("\t", 1)
+            counts[name] = int(count)
+    return counts
 
 
 def _snapshot_args(snapshot):

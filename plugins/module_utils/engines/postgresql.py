@@ -1,5 +1,6 @@
-"""The PostgreSQL adapter: pg_dump in an exported snapshot, row counts in the same snapshot;
-restores into a fresh database swapped in by rename."""
+"""The PostgreSQL adapter: pg_dump in an exported snapshot, its rows counted as the dump streams
+past (a custom archive's in the same snapshot); restores into a fresh database swapped in by
+rename."""
 
 import contextlib
 import os
@@ -14,10 +15,11 @@ from ..compression import compress_stream, decode_file
 from ..errors import BackupError
 from ..fsutil import finish_file, open_exclusive, oserror
 from ..streams import tool_version
-from ..verification import compare_written, preflight
+from ..verification import check_written, compare_written, preflight
 from . import postgresql_restore
 from .base import EngineAdapter
-from .pg_client import PgRunner, pg_binary, tool_error
+from .pg_client import PSQL_TABULAR, USER_TABLES_SQL, PgRunner, parse_counts, pg_binary, table_counts_sql, tool_error
+from .pg_dump_stream import CopyRowCounter
 
 PG_DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
 CUSTOM_HEADER = b"PGDMP"
@@ -25,15 +27,24 @@ CUSTOM_HEADER = b"PGDMP"
 # scheduler, a test) stops knocking on a server that failed a whole round of attempts.
 _BREAKERS = {}
 BREAKER_OPEN_SECONDS = 60.0
+# Every user table, and whether an extension owns it (constant SQL, nothing from outside).
+_TABLES_AND_OWNERS = (
+    "SELECT t.name, EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = "  # noqa: S608
+    "'pg_catalog.pg_class'::regclass AND d.objid = t.name::regclass AND d.deptype = 'e') "
+    "FROM (" + USER_TABLES_SQL + ") AS t(name)"
+)
 
 
 class _PgSnapshot:
     """A psql session holding a REPEATABLE READ transaction whose snapshot is exported, so that
-    pg_dump and the row counts see the same data."""
+    pg_dump and the queries run here (the table list, row counts) see the same data."""
+
+    _END = "end-of-rows"  # a line no query here returns: every table name has a dot
 
     def __init__(self, runner):
+        self.runner = runner
         self.proc = runner.popen(
-            "psql", ["-A", "-t"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            "psql", list(PSQL_TABULAR), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         self.proc.stdin.write(b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\n")
         self.proc.stdin.flush()
@@ -43,6 +54,32 @@ class _PgSnapshot:
             raise BackupError(runner.redact(f"cannot open a snapshot on PostgreSQL: {err or 'no snapshot id'}"))
         self.snapshot_id = line
 
+    def rows(self, sql):
+        """Run ``sql`` in the snapshot's transaction; return its non-empty output lines."""
+        try:
+            self.proc.stdin.write(f"{sql};\nSELECT '{self._END}';\n".encode())
+            self.proc.stdin.flush()
+        except OSError:
+            pass  # psql is gone; the read below says why
+        lines = []
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = raw.decode("utf-8").rstrip("\n")
+            if line == self._END:
+                return lines
+            if line:
+                lines.append(line)
+        raise BackupError(self.runner.redact(f"the snapshot session failed: {self.close() or 'no message'}"))
+
+    def tables(self):
+        """Every user table in the snapshot: ``{quoted schema.table: whether an extension owns it}``."""
+        rows = self.rows(_TABLES_AND_OWNERS)
+        return {name: flag == "t" for name, flag in (line.rsplit("\t", 1) for line in rows)}
+
+    def count(self, tables):
+        """Exact row counts of ``tables`` in the snapshot."""
+        names = " UNION ALL ".join("SELECT " + _quote_literal(name) for name in tables)
+        return parse_counts("\n".join(self.rows(table_counts_sql(names))))
+
     def close(self):
         with contextlib.suppress(OSError):
             self.proc.stdin.write(b"COMMIT;\n")
@@ -51,6 +88,10 @@ class _PgSnapshot:
         err = self.proc.stderr.read()
         self.proc.wait()
         return err.decode("utf-8", "replace").strip()
+
+
+def _quote_literal(value):
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _pg_connect(plan, log):
@@ -81,61 +122,94 @@ def _pg_connect(plan, log):
     raise BackupError(f"cannot connect to PostgreSQL after {attempts} attempts: {last}")
 
 
+def _dump(runner, plan, snapshot_id, tmp_path, observe=None):
+    """Run pg_dump in ``snapshot_id`` through the compressor into ``tmp_path``; return the stream."""
+    args = [f"--snapshot={snapshot_id}"]
+    if plan.format == "custom":
+        args += ["--format=custom", f"--compress={plan.pg_internal_level}"]
+    else:
+        args += ["--format=plain"]
+    with tempfile.TemporaryFile() as err:
+        dump = runner.popen("pg_dump", args, stdout=subprocess.PIPE, stderr=err)
+        handle = open_exclusive(tmp_path)
+        try:
+            stream = compress_stream(dump.stdout, handle, plan.file_compression, plan.level, observe=observe)
+            finish_file(handle, tmp_path)
+        except BaseException as exc:
+            dump.kill()
+            if isinstance(exc, OSError):
+                raise oserror("writing", tmp_path, exc) from exc
+            raise
+        finally:
+            handle.close()
+            dump.stdout.close()
+            code = dump.wait()
+        if code != 0:
+            err.seek(0)
+            detail = tool_error(err.read()) or "no message"
+            raise BackupError(runner.redact(f"pg_dump failed (exit {code}): {detail}"))
+    return stream
+
+
+def _stream_counts(streamed, tables, snap):
+    """The rows per table: the dump's own, checked against the snapshot's list of tables."""
+    unknown = sorted(set(streamed) - set(tables))
+    if unknown:
+        raise BackupError(f"the dump holds data for {', '.join(unknown[:5])}, which the snapshot does not list")
+    missing = sorted(name for name, extension in tables.items() if not extension and name not in streamed)
+    if missing:
+        raise BackupError(f"the dump holds no data for {', '.join(missing[:5])}: it is incomplete")
+    counts = {name: rows for name, rows in streamed.items() if not tables[name]}
+    owned = [name for name, extension in tables.items() if extension]
+    if owned:
+        # CREATE EXTENSION fills these on restore and pg_dump writes only some rows, if any:
+        # the restored table holds what the source does, so they are counted in the snapshot.
+        counts.update(snap.count(owned))
+    return dict(sorted(counts.items()))
+
+
 def _pg_backup(plan, tmp_path, log):
     opts = plan.opts
     server_version = _pg_connect(plan, log)
     runner = PgRunner(opts)
     snap = _PgSnapshot(runner)
-    checks = {}
     try:
-        args = [f"--snapshot={snap.snapshot_id}"]
         if plan.format == "custom":
-            args += ["--format=custom", f"--compress={plan.pg_internal_level}"]
-        else:
-            args += ["--format=plain"]
+            # pg_dump compresses inside the archive: the rows are counted in its snapshot.
+            checks = {}
 
-        def count():
-            try:
-                checks["tables"] = runner.table_counts(snapshot=snap.snapshot_id)
-            except Exception as exc:
-                checks["error"] = exc
+            def count():
+                try:
+                    checks["tables"] = runner.table_counts(snapshot=snap.snapshot_id)
+                except Exception as exc:
+                    checks["error"] = exc
 
-        counter = threading.Thread(target=count, daemon=True)
-        counter.start()
-        with tempfile.TemporaryFile() as err:
-            dump = runner.popen("pg_dump", args, stdout=subprocess.PIPE, stderr=err)
-            handle = open_exclusive(tmp_path)
+            counter = threading.Thread(target=count, daemon=True)
+            counter.start()
             try:
-                stream = compress_stream(dump.stdout, handle, plan.file_compression, plan.level)
-                finish_file(handle, tmp_path)
-            except BaseException as exc:
-                dump.kill()
-                if isinstance(exc, OSError):
-                    raise oserror("writing", tmp_path, exc) from exc
-                raise
+                stream = _dump(runner, plan, snap.snapshot_id, tmp_path)
             finally:
-                handle.close()
-                dump.stdout.close()
-                code = dump.wait()
                 counter.join()
-            if code != 0:
-                err.seek(0)
-                detail = tool_error(err.read()) or "no message"
-                raise BackupError(runner.redact(f"pg_dump failed (exit {code}): {detail}"))
+            if "error" in checks:
+                raise BackupError(f"counting rows failed: {checks['error']}")
+            tables, counted = checks["tables"], "rows counted in pg_dump's snapshot"
+        else:
+            listed = snap.tables()
+            rows = CopyRowCounter()
+            stream = _dump(runner, plan, snap.snapshot_id, tmp_path, observe=rows.feed)
+            tables, counted = _stream_counts(rows.finish(), listed, snap), "rows counted in the dump stream"
     finally:
         snap.close()
-    if "error" in checks:
-        raise BackupError(f"counting rows failed: {checks['error']}")
     return {
         "stream": stream,
-        "tables": checks["tables"],
+        "tables": tables,
         "content_digest": None,
         "source_extra": {"server_version": server_version, "snapshot": "pg_export_snapshot shared by pg_dump"},
         "tool_versions": {
             "pg_dump": tool_version([pg_binary(opts, "pg_dump"), "--version"]),
             "postgresql_server": server_version,
         },
-        "checks": "pg_dump exit 0",
+        "checks": f"pg_dump exit 0; {counted}",
     }
 
 
@@ -221,7 +295,16 @@ class PostgresqlAdapter(EngineAdapter):
         return _pg_backup(plan, tmp_path, log)
 
     def verify_written(self, plan, path, stream):
-        return verify_backup(path, plan.format, plan.file_compression, stream, plan.opts)
+        if plan.format == "custom":
+            return verify_backup(path, plan.format, plan.file_compression, stream, plan.opts)
+        verification = check_written(path, stream)
+        if PG_DUMP_COMPLETE not in stream["tail"]:
+            raise BackupError(f"{os.path.basename(path)} lacks pg_dump's completion comment: the dump is incomplete")
+        method = (
+            f"decoded while writing ({plan.file_compression}), equal to the source byte for byte; "
+            "sha256 of the file on disk equals what was written; pg_dump completion comment present"
+        )
+        return dict(verification, method=method)
 
     def format_problems(self, stats, manifest):
         if manifest.get("format") == "custom":

@@ -4,10 +4,10 @@ import os
 import sqlite3
 import threading
 
-from ..compression import compress_stream, decode_file
+from ..compression import compress_stream
 from ..errors import BackupError
 from ..fsutil import finish_file, open_exclusive, oserror
-from ..verification import compare_written, preflight
+from ..verification import check_written, preflight
 from . import sqlite_restore
 from .base import EngineAdapter
 from .sqlite_db import SQLITE_HEADER, check_sqlite_source, sqlite_content_digest, sqlite_table_counts
@@ -108,8 +108,11 @@ class SqliteAdapter(EngineAdapter):
         return _sqlite_backup(plan, tmp_path, snapshot_path, log)
 
     def verify_written(self, plan, path, stream):
-        verification = compare_written(path, decode_file(path, plan.file_compression), stream)
-        verification["method"] = f"full decode ({plan.file_compression}); sha256 of decoded stream equals source"
+        verification = check_written(path, stream)
+        verification["method"] = (
+            f"decoded while writing ({plan.file_compression}), equal to the source; "
+            "sha256 of the file on disk equals what was written"
+        )
         return verification
 
     def format_problems(self, stats, manifest):
