@@ -30,7 +30,8 @@ def sqlite_rows(path, max_id=None):
             count += 1
         tables[name] = {"rows": count, "digest": digest.hexdigest()}
         if "id" in columns:
-            tables[name]["max_id"] = db.execute(f'SELECT max(id) FROM "{name}"{where}', params)  # noqa: S608.fetchone()[0]
+            last = db.execute(f'SELECT max(id) FROM "{name}"{where}', params)  # noqa: S608
+            tables[name]["max_id"] = last.fetchone()[0]
     return tables
 
 
