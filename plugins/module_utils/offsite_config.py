@@ -6,6 +6,8 @@ A copy of backup ``<name>`` is the ciphertext ``<name>.age`` and its manifest
 
 from __future__ import annotations
 
+import json
+
 from .catalog import ENGINES, MANIFEST_SUFFIX, parse_backup_name
 from .encryption import EncryptionError, check_recipient
 from .errors import BackupError as _OptionError  # what validate_options raises
@@ -95,6 +97,24 @@ def parse_options(options):
     except EncryptionError as exc:
         raise OffsiteError(f"invalid off-site configuration: {exc}") from None
     return opts
+
+
+def read_config(path):
+    """The validated options of the copy job's JSON config file at ``path``.
+
+    A missing file means off-site copies were never set up on this host: the error says how.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise OffsiteError(
+            f"no off-site configuration at {path}: off-site copies are not set up on this host; "
+            "run site.yml with tradingbot_offsite_enabled=true (docs/offsite.md)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise OffsiteError(f"cannot read the off-site configuration {path}: {exc}") from None
+    return parse_options(data)
 
 
 def open_storage(opts, lock=True, credentials=None):
