@@ -35,7 +35,7 @@ def store_host():
 
 
 def name_of(host):
-    return host.backend.hostname
+    return host.backend.name
 
 
 def is_postgresql(host):
