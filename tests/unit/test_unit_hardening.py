@@ -29,6 +29,7 @@ VAR_FILES = [
         "tradingbot_backup",
         "tradingbot_recovery_drill",
         "tradingbot_logrotate",
+        "tradingbot_offsite",
     )
     for kind in ("defaults", "vars")
 ]
@@ -40,6 +41,10 @@ TEMPLATES = {
     "tradingbot-recovery-drill.service": "tradingbot_recovery_drill/templates/recovery-drill.service.j2",
     "logrotate": "tradingbot_logrotate/templates/logrotate.j2",
     "override.conf": "tradingbot_service/templates/override.conf.j2",
+    "tradingbot-offsite.service": "tradingbot_offsite/templates/tradingbot-offsite.service.j2",
+    "tradingbot-offsite.path": "tradingbot_offsite/templates/tradingbot-offsite.path.j2",
+    "offsite-onsuccess.conf": "tradingbot_offsite/templates/backup-onsuccess.conf.j2",
+    "offsite.json": "tradingbot_offsite/templates/offsite.json.j2",
 }
 COMMANDS = {
     "verify_unit.cmd": "__tradingbot_verify_unit",
