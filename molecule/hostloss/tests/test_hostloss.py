@@ -111,7 +111,7 @@ def restore_run(host, label, identity="identity.txt", **extra):
         "-e",
         "restore_source=offsite",
         "-e",
-        "restore_offsite_identity=" + os.path.join(store.keys_dir(), identity),
+        "restore_offsite_identity_file=" + os.path.join(store.keys_dir(), identity),
     ]
     for key, value in extra.items():
         argv += ["-e", f"{key}={value}"]
