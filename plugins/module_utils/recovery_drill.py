@@ -6,7 +6,15 @@ PostgreSQL, a scratch database) that it removes again; the live database and the
 backups are only read. ``playbooks/verify.yml`` and the monthly recovery-drill timer both
 run it on the host as ``python3 -m tradingbot_ops.recovery_drill``.
 
-Stdlib only, no Ansible imports: it runs on hosts as part of the ``tradingbot_ops`` package.
+With off-site copies (docs/offsite.md) two more checks: ``--offsite-config`` downloads the
+newest copy of the engine and checks its ciphertext's SHA-256 and size against its off-site
+manifest, and that it is encrypted to this host's recipient (the host holds no identity, so this
+is as far as the monthly timer can go); ``--offsite-restore-dir`` restores a copy that
+``playbooks/verify.yml`` fetched and decrypted there (with an identity from the controller) into
+scratch, with the restore engine's validation.
+
+Stdlib only, no Ansible imports: it runs on hosts as part of the ``tradingbot_ops`` package
+(the off-site check needs boto3, which storage.s3_client imports only when it is there).
 """
 
 # Runs as a host-side program too, where AnsibleModule (run_command, exit_json) does not exist.
@@ -26,10 +34,13 @@ import time
 from . import circuit_breaker
 from .backup import run_backup
 from .catalog import ENGINES, Manifest, backup_name, list_backups, list_restorable, manifest_path, parse_backup_name
+from .encryption import recipient_fingerprint
 from .engines.pg_client import pg_table_counts, psql_script
 from .engines.registry import adapter
 from .engines.sqlite_db import sqlite_content_digest, sqlite_table_counts
-from .errors import BackupError
+from .errors import TradingbotError
+from .offsite_config import open_storage, read_config
+from .offsite_fetch import check_ciphertext, choose_copy
 from .options import BACKUP_OPTIONS, COMMON_OPTIONS
 from .reporting import EventLog, write_metrics_file
 from .restore import restore_postgresql, restore_sqlite
@@ -89,9 +100,20 @@ def _age_backup(path, days):
 class RecoveryDrill:
     """Runs the checks in order and collects their results; one failure does not stop the rest."""
 
-    def __init__(self, config, service=None, logrotate_config=None, scratch_root=None):
+    def __init__(
+        self,
+        config,
+        service=None,
+        logrotate_config=None,
+        scratch_root=None,
+        *,
+        offsite_config=None,
+        offsite_restore_dir=None,
+    ):
         self.config = config
         self.logrotate_config = logrotate_config
+        self.offsite_config = offsite_config
+        self.offsite_restore_dir = offsite_restore_dir
         self.service = service
         self.scratch_root = scratch_root
         self.checks = []
@@ -102,7 +124,7 @@ class RecoveryDrill:
         try:
             detail = func() or "ok"
             ok = True
-        except (CheckFailed, BackupError, OSError, sqlite3.Error, ValueError, KeyError) as exc:
+        except (CheckFailed, TradingbotError, OSError, sqlite3.Error, ValueError, KeyError) as exc:
             detail = str(exc) or type(exc).__name__
             ok = False
         self.checks.append({"name": name, "ok": ok, "detail": detail, "seconds": round(time.monotonic() - started, 3)})
@@ -237,6 +259,17 @@ class RecoveryDrill:
         return f"{os.path.basename(result['path'])}: {result.get('size')} bytes, verified"
 
     def check_postgresql_restore(self):
+        def compare(params):
+            live = pg_table_counts(self._pg_params())
+            restored = pg_table_counts(params)
+            if live != restored:
+                raise CheckFailed(f"restored row counts {restored} differ from the source's {live}")
+            return f"{len(restored)} table(s) match"
+
+        return self._scratch_pg_restore(os.path.join(self.scratch, "pg-backups"), compare)
+
+    def _scratch_pg_restore(self, backup_dir, compare):
+        """Restore the newest backup in ``backup_dir`` into the scratch database, then drop it."""
         scratch_db = f"{self.config['database']}_recovery_drill"
         params = self._pg_params(scratch_db)
         maintenance_db = self.config.get("maintenance_db", "postgres")
@@ -244,15 +277,42 @@ class RecoveryDrill:
         psql_script(params, drop, maintenance_db, {"name": scratch_db})
         result = {}
         try:
-            result = restore_postgresql(params, os.path.join(self.scratch, "pg-backups"), maintenance_db=maintenance_db)
-            live = pg_table_counts(self._pg_params())
-            restored = pg_table_counts(params)
-            if live != restored:
-                raise CheckFailed(f"restored row counts {restored} differ from the source's {live}")
-            return f"restored into scratch database {scratch_db}: {len(restored)} table(s) match"
+            result = restore_postgresql(params, backup_dir, maintenance_db=maintenance_db)
+            return f"restored into scratch database {scratch_db}: {compare(params)}"
         finally:
             for name in filter(None, (scratch_db, result.get("safety_copy"))):
                 psql_script(params, drop, maintenance_db, {"name": name})
+
+    def check_offsite_copy(self):
+        opts = read_config(self.offsite_config)
+        storage = open_storage(opts, lock=False)
+        name, _manifest, _incomplete = choose_copy(storage, engine=self.config.get("engine"))
+        offsite = check_ciphertext(storage, name)["offsite"]
+        if offsite.get("recipient_fingerprint") != recipient_fingerprint(opts["recipient"]):
+            raise CheckFailed(
+                f"{name} is encrypted to {offsite.get('recipient_fingerprint')}, not to this host's recipient"
+            )
+        return (
+            f"newest copy {name} (uploaded {offsite.get('uploaded_at')}) in {storage.describe()}: "
+            f"ciphertext SHA-256 and size ({offsite.get('ciphertext_size')} bytes) match its off-site manifest; "
+            "encrypted to this host's recipient (decryption needs the identity: verify.yml)"
+        )
+
+    def check_offsite_restore(self):
+        engine = self.config["engine"]
+        fetched = list_backups(self.offsite_restore_dir, engine)
+        if not fetched:
+            raise CheckFailed(f"no fetched {engine} copy in {self.offsite_restore_dir}")
+        name, tables = fetched[0]["name"], fetched[0]["manifest"].get("tables") or {}
+        # The restore engine validates the scratch copy (integrity, row counts, content digest)
+        # against the manifest, and raises when it does not match.
+        if adapter(engine).drill_restores_live:
+            self._scratch_pg_restore(self.offsite_restore_dir, lambda _params: "valid")
+        else:
+            restore_sqlite(os.path.join(self.scratch, "offsite.db"), self.offsite_restore_dir)
+        return (
+            f"the off-site copy {name}, decrypted, restores into scratch with the row counts of its manifest {tables}"
+        )
 
     # --- running ----------------------------------------------------------------------------
 
@@ -270,6 +330,10 @@ class RecoveryDrill:
             if self.config.get("engine") in ENGINES and adapter(self.config["engine"]).drill_restores_live:
                 self.check("postgresql backup", self.check_postgresql_backup)
                 self.check("postgresql restore", self.check_postgresql_restore)
+            if self.offsite_config:
+                self.check("off-site copy", self.check_offsite_copy)
+            if self.offsite_restore_dir:
+                self.check("off-site restore", self.check_offsite_restore)
         finally:
             shutil.rmtree(self.scratch, ignore_errors=True)
         return self.report()
@@ -334,6 +398,14 @@ def main(argv=None):
     )
     parser.add_argument("--logrotate-config", help="the logrotate file to check")
     parser.add_argument("--metrics-dir", help="write a Prometheus textfile-collector file here")
+    parser.add_argument(
+        "--offsite-config",
+        help="the off-site copy job's JSON configuration: check the newest copy's ciphertext against its manifest",
+    )
+    parser.add_argument(
+        "--offsite-restore-dir",
+        help="a directory holding an off-site copy fetched and decrypted by offsite_fetch: restore it into scratch",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:
@@ -342,7 +414,13 @@ def main(argv=None):
     except (OSError, ValueError) as exc:
         print(f"error: cannot read {args.config}: {exc}", file=sys.stderr)
         return 2
-    report = RecoveryDrill(config, args.service, args.logrotate_config).run()
+    report = RecoveryDrill(
+        config,
+        args.service,
+        args.logrotate_config,
+        offsite_config=args.offsite_config,
+        offsite_restore_dir=args.offsite_restore_dir,
+    ).run()
     if args.metrics_dir:
         write_metrics(args.metrics_dir, report)
     if config.get("log_file"):

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import seaweedfs
 import test_offsite as copy_job
-from ansible_collections.tradingbot.ops.plugins.module_utils import catalog, offsite_config
+from ansible_collections.tradingbot.ops.plugins.module_utils import catalog, offsite_config, recovery_drill
 from ansible_collections.tradingbot.ops.plugins.module_utils.backup import run_backup
 from ansible_collections.tradingbot.ops.plugins.module_utils.engines.pg_client import pg_table_counts, psql_script
 from ansible_collections.tradingbot.ops.plugins.module_utils.engines.sqlite_db import sqlite_table_counts
@@ -27,6 +27,7 @@ from ansible_collections.tradingbot.ops.plugins.module_utils.offsite import run_
 from test_restore_module import BIN, PYTHON, REPO, ansible_env
 
 MODULE = "tradingbot.ops.offsite_fetch"
+HOST_PYTHON = copy_job.HOST_PYTHON
 
 # The copy job's fixtures (a SeaweedFS on loopback, a locked bucket per test, age key pairs, the
 # host's 0600 credentials file), shared rather than copied.
@@ -243,7 +244,7 @@ def test_refusals_are_clear_and_leave_nothing_behind(copied, keys):
 # -- playbooks/restore.yml with restore_source=offsite -----------------------------------------
 
 
-def run_restore_playbook(copied, *extra, **host_vars):
+def run_playbook(copied, playbook, *extra, **host_vars):
     inventory = copied["base"] / "inventory.yml"
     inventory.write_text(
         json.dumps(
@@ -271,9 +272,7 @@ def run_restore_playbook(copied, *extra, **host_vars):
             str(BIN / "ansible-playbook"),
             "-i",
             str(inventory),
-            str(REPO / "playbooks" / "restore.yml"),
-            "-e",
-            "restore_source=offsite",
+            str(REPO / "playbooks" / playbook),
             *extra,
         ],
         env=ansible_env(),
@@ -281,6 +280,10 @@ def run_restore_playbook(copied, *extra, **host_vars):
         text=True,
         check=False,
     )
+
+
+def run_restore_playbook(copied, *extra, **host_vars):
+    return run_playbook(copied, "restore.yml", "-e", "restore_source=offsite", *extra, **host_vars)
 
 
 def staging_dirs(copied):
@@ -385,4 +388,69 @@ def test_playbook_restores_postgresql_from_the_store(s3, keys, tmp_path, pg_live
     (safety,) = [name for name in rows if name.startswith(params["database"] + "_pre_restore_")]
     assert pg_table_counts(dict(params, database=safety)) == {"public.trades": 130}
     assert staging_dirs(copied) == []
+    assert_no_identity(keys, proc.stdout, proc.stderr)
+
+
+# -- the recovery drill's off-site checks ------------------------------------------------------
+
+
+def drill(copied, **offsite):
+    config = {"engine": "sqlite", "database": copied["db"], "backup_dir": str(copied["backup_dir"])}
+    report = recovery_drill.RecoveryDrill(config, **offsite).run()
+    return {check["name"]: check for check in report["checks"]}
+
+
+def test_the_drill_checks_the_newest_copy_without_an_identity(copied, keys):
+    checks = drill(copied, offsite_config=str(copied["config"]))
+    assert checks["off-site copy"]["ok"], checks["off-site copy"]
+    assert f"newest copy {copied['newest']}" in checks["off-site copy"]["detail"]
+
+    # Encrypted to another key than the host's recipient: named.
+    config = json.loads(copied["config"].read_text())
+    other = copied["base"] / "etc" / "other.json"
+    other.write_text(json.dumps(dict(config, recipient=keys["other"]["recipient"])))
+    checks = drill(copied, offsite_config=str(other))
+    assert not checks["off-site copy"]["ok"]
+    assert "not to this host's recipient" in checks["off-site copy"]["detail"]
+
+    # A tampered newest copy fails the check, naming it.
+    key = "host1/" + offsite_config.ciphertext_key(copied["newest"])
+    data = bytearray(copy_job.object_bytes(copied["s3"], key))
+    data[-1] ^= 0x01
+    copy_job.s3_client(copied["s3"]["server"], seaweedfs.ADMIN).put_object(
+        Bucket=copied["s3"]["bucket"], Key=key, Body=bytes(data)
+    )
+    checks = drill(copied, offsite_config=str(copied["config"]))
+    assert not checks["off-site copy"]["ok"]
+    assert f"the ciphertext of {copied['newest']} differs from its manifest" in checks["off-site copy"]["detail"]
+
+
+@pytest.mark.skipif(not os.path.exists(HOST_PYTHON), reason="needs the hosts' /usr/bin/python3")
+def test_verify_playbook_with_an_identity_restores_the_newest_copy_into_scratch(copied, keys):
+    proc = subprocess.run([HOST_PYTHON, "-c", "import boto3"], capture_output=True, check=False)
+    copy_job.require(proc.returncode == 0, "python3-boto3 for /usr/bin/python3 (apt install python3-boto3)")
+    # The host as site.yml leaves it: the package in lib/, the backup job's config.
+    (copied["base"] / "lib").mkdir()
+    os.symlink(REPO / "plugins" / "module_utils", copied["base"] / "lib" / "tradingbot_ops")
+    backup_config = {"engine": "sqlite", "database": copied["db"], "backup_dir": str(copied["backup_dir"])}
+    (copied["base"] / "etc" / "backup.json").write_text(json.dumps(backup_config))
+    live = sqlite_table_counts(copied["db"])
+    proc = run_playbook(
+        copied,
+        "verify.yml",
+        "-e",
+        f"@{copied['vars']}",
+        "-e",
+        "restore_offsite_identity={{ good_identity }}",
+        # This machine has no service user: root stands in.
+        tradingbot_user="root",
+        tradingbot_group="root",
+    )
+    assert f"Fetched {copied['newest']}" in proc.stdout, proc.stdout
+    assert f"[PASS] off-site restore: the off-site copy {copied['newest']}, decrypted" in proc.stdout, proc.stdout
+    # No unit or logrotate file is installed here: exactly those checks fail, and nothing else.
+    assert proc.returncode != 0
+    assert "Recovery drill failed on localhost: systemd configuration, logrotate configuration" in proc.stdout
+    assert sqlite_table_counts(copied["db"]) == live
+    assert staging_dirs(copied) == [], "the fetched copy outlived the drill"
     assert_no_identity(keys, proc.stdout, proc.stderr)

@@ -54,6 +54,7 @@ COMMANDS = {
 # systemd-analyze --threshold takes tenths: 15 is an exposure of 1.5.
 SERVICE_THRESHOLD = 15
 SQLITE_BACKUP_THRESHOLD = 10
+NETWORKED_DRILL_THRESHOLD = 16
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 
@@ -335,3 +336,25 @@ def test_dropin_check_passes_a_good_drop_in_and_rejects_a_bad_one(installed, tmp
     bad = run_validate(installed / "verify_dropin.cmd", "tradingbot.service", broken)
     assert good.returncode == 0, good.stdout + good.stderr
     assert bad.returncode != 0
+
+
+@pytest.fixture(scope="module")
+def offsite(tmp_path_factory):
+    return render(tmp_path_factory.mktemp("offsite"), {"tradingbot_offsite_enabled": True})
+
+
+def test_the_drill_timer_checks_the_offsite_copies_only_when_enabled(defaults, offsite, postgresql):
+    plain = directives(defaults / "tradingbot-recovery-drill.service")
+    with_offsite = directives(offsite / "tradingbot-recovery-drill.service")
+    assert not [line for line in plain if "offsite" in line]
+    assert "RestrictAddressFamilies=AF_UNIX" in plain
+    # The S3 key pair from the root-only file by LoadCredential=, the store over the network.
+    assert "LoadCredential=offsite-s3:/etc/credstore/tradingbot-offsite-s3" in with_offsite
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in with_offsite
+    (exec_start,) = [line for line in with_offsite if line.startswith("ExecStart=")]
+    assert exec_start.endswith("--offsite-config /etc/tradingbot/offsite.json")
+    # Internet sockets cost 0.3 of exposure: the store is reached over the network, as the
+    # PostgreSQL drill reaches its server; both stay at 1.6.
+    for unit in (offsite / "tradingbot-recovery-drill.service", postgresql / "tradingbot-recovery-drill.service"):
+        rc, report = exposure(unit, NETWORKED_DRILL_THRESHOLD)
+        assert rc == 0, report
