@@ -340,7 +340,7 @@ def test_no_secret_in_the_restore_runs_output():
     with open(logs[0], encoding="utf-8") as handle:
         vvv = re.sub(r"\x1b\[[0-9;]*m", "", handle.read())
     # -vvv shows every command the podman connection runs on the hosts.
-    assert "> EXEC " in vvv, "restore-vvv.log is not -vvv output"
+    assert "> EXEC:" in vvv, "restore-vvv.log is not -vvv output"
     for path in logs:
         with open(path, encoding="utf-8") as handle:
             assert_no_secret(handle.read(), path)
