@@ -22,6 +22,8 @@ use_toolchain() {
   [ -L "$user_collections/ops" ] || rm -rf "$user_collections/ops"
   ln -sfn "$repo_root" "$user_collections/ops"
   export PATH="$venv/bin:$cache_dir/bin:$PATH"
+  # Scenarios bind-mount cached binaries from here (molecule/hostloss: the store's weed).
+  export TRADINGBOT_OPS_CACHE="$cache_dir"
   export ANSIBLE_COLLECTIONS_PATH="$farm"
   # The pyenv shim breaks interpreter discovery for plays on localhost.
   export TRADINGBOT_CONTROLLER_PYTHON="$venv/bin/python"
