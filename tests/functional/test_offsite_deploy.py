@@ -19,7 +19,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 import seaweedfs
 
 # The store, a locked bucket per test, the age keys and a real database: test_offsite's fixtures.
-from test_offsite import HOST_PYTHON, app_db, backup, bucket, keys, require, server, tools  # noqa: F401 - fixtures
+from test_offsite import (  # noqa: F401  # pylint: disable=unused-import  # fixtures
+    HOST_PYTHON,
+    app_db,
+    backup,
+    bucket,
+    keys,
+    require,
+    server,
+    tools,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "roles"

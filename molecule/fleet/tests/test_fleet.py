@@ -95,7 +95,7 @@ def test_check_mode_shows_the_batches_and_what_each_host_gets():
 
 def test_a_good_version_reaches_every_host_with_never_two_down_at_once():
     before = [unit(h) for h in HOSTS]
-    run, _ = playbook("rolling", "-e", f"tradingbot_venv_app_source={GOOD}")
+    run = playbook("rolling", "-e", f"tradingbot_venv_app_source={GOOD}")[0]
     assert run.returncode == 0
     after = [unit(h) for h in HOSTS]
     downtimes = []
@@ -108,14 +108,14 @@ def test_a_good_version_reaches_every_host_with_never_two_down_at_once():
         assert now["ActiveEnterTimestampMonotonic"] > now["ActiveExitTimestampMonotonic"]
         downtimes.append((now["ActiveExitTimestampMonotonic"], now["ActiveEnterTimestampMonotonic"]))
     ordered = sorted(downtimes)
-    assert all(stop_next > start for (_, start), (stop_next, _) in itertools.pairwise(ordered)), downtimes
+    assert all(stop_next > start for (_stop, start), (stop_next, _start) in itertools.pairwise(ordered)), downtimes
     # ... and in inventory order, the ramp's.
     assert ordered == downtimes
 
 
 def test_a_second_rollout_changes_nothing():
     before = [unit(h) for h in HOSTS]
-    run, _ = playbook("rolling", "-e", f"tradingbot_venv_app_source={GOOD}")
+    run = playbook("rolling", "-e", f"tradingbot_venv_app_source={GOOD}")[0]
     assert run.returncode == 0
     assert {host: int(changed) for host, changed in RECAP.findall(run.stdout)} == dict.fromkeys(NAMES, 0)
     assert [unit(h) for h in HOSTS] == before
