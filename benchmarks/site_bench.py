@@ -61,7 +61,9 @@ def start_hosts(count, inventory, most):
     """Remove every bench host (``most`` of them at most), boot ``count`` fresh ones, write their inventory."""
     remove_hosts(most)
     for name in names(count):
-        subprocess.run([*PODMAN_RUN, "--name", name, "--hostname", name, IMAGE], check=True, capture_output=True)
+        # --replace: a host left behind by an interrupted run (or one rm -f did not yet free) is replaced.
+        argv = [*PODMAN_RUN, "--replace", "--name", name, "--hostname", name, IMAGE]
+        subprocess.run(argv, check=True, capture_output=True)
     for name in names(count):
         # "degraded" still lets the play run; the play itself fails on what matters.
         wait = ["podman", "exec", name, "systemctl", "is-system-running", "--wait"]
@@ -144,6 +146,9 @@ def main():
             verdicts.check("re-run / first converge, 1 host", share, SHARE_TARGET)
         else:
             print(f"re-run / first converge, {count} hosts: {share:.2f}")
+        for side in (first, rerun):
+            cpu = results.median(side, "cpu_s")
+            print(f"controller CPU per host, {side}: {cpu / count:.1f} s (median {cpu:.1f} s for {count})")
             for side, one in ((first, "1 host(s), first converge"), (rerun, "1 host(s), re-run")):
                 verdicts.check(f"{side} / {one}", results.ratio(side, one), SCALE_TARGET)
     for count, hosts in last_rerun.items():
