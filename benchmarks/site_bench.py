@@ -146,11 +146,11 @@ def main():
             verdicts.check("re-run / first converge, 1 host", share, SHARE_TARGET)
         else:
             print(f"re-run / first converge, {count} hosts: {share:.2f}")
+            for side, one in ((first, "1 host(s), first converge"), (rerun, "1 host(s), re-run")):
+                verdicts.check(f"{side} / {one}", results.ratio(side, one), SCALE_TARGET)
         for side in (first, rerun):
             cpu = results.median(side, "cpu_s")
             print(f"controller CPU per host, {side}: {cpu / count:.1f} s (median {cpu:.1f} s for {count})")
-            for side, one in ((first, "1 host(s), first converge"), (rerun, "1 host(s), re-run")):
-                verdicts.check(f"{side} / {one}", results.ratio(side, one), SCALE_TARGET)
     for count, hosts in last_rerun.items():
         for host, counts_of in hosts.items():
             print(f"last re-run, {count} host(s), {host}: " + " ".join(f"{k}={v}" for k, v in counts_of.items()))
