@@ -18,14 +18,17 @@ use_toolchain
 passed=0
 failed=0
 failed_stages=()
+# Each stage's whole output, so that a failure's cause survives a long run's scrollback.
+stage_logs="$repo/.pytest_cache/stage-logs"
+rm -rf "$stage_logs" && mkdir -p "$stage_logs"
 
 stage() {
   local name=$1 started rc
   shift
   started=$SECONDS
   log "stage $name: $*"
-  "$@"
-  rc=$?
+  "$@" 2>&1 | tee "$stage_logs/$name.log"
+  rc=${PIPESTATUS[0]}
   if [ $rc -eq 0 ]; then
     passed=$((passed + 1))
     log "stage $name passed ($((SECONDS - started)) s)"
@@ -85,6 +88,12 @@ main() {
       ee) run_ee ;;
       *) die "unknown stage '$name' (lint, sanity, pytest, molecule, ee)" ;;
     esac
+  done
+  for name in "${failed_stages[@]}"; do
+    log "why stage $name failed (the lines that name an error, then its last lines; all of it: $stage_logs/$name.log)"
+    sed 's/\x1b\[[0-9;]*[A-Za-z]//g' "$stage_logs/$name.log" |
+      grep -a -E 'FAILED|fatal:|ERROR|Error|assert|Traceback' | tail -n 40
+    sed 's/\x1b\[[0-9;]*[A-Za-z]//g' "$stage_logs/$name.log" | tail -n 15
   done
   [ $failed -eq 0 ] || log "failed stages: ${failed_stages[*]}"
   echo "suite: $passed passed, $failed failed"
