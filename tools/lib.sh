@@ -22,7 +22,7 @@ use_toolchain() {
   [ -L "$user_collections/ops" ] || rm -rf "$user_collections/ops"
   ln -sfn "$repo_root" "$user_collections/ops"
   export PATH="$venv/bin:$cache_dir/bin:$PATH"
-  # Scenarios may bind-mount cached binaries from here (the store's weed).
+  # Scenarios bind-mount cached binaries from here (molecule/hostloss: the store's weed).
   export TRADINGBOT_OPS_CACHE="$cache_dir"
   export ANSIBLE_COLLECTIONS_PATH="$farm"
   # The pyenv shim breaks interpreter discovery for plays on localhost.

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import os
+import pathlib
 import shutil
 import sqlite3
 import subprocess
@@ -574,6 +575,21 @@ def test_credentials_readable_by_others_are_refused(host_credentials):
     os.chmod(host_credentials, 0o644)
     with pytest.raises(StorageError, match="mode 0644; make them 0600"):
         load_credentials(host_credentials)
+
+
+def test_a_systemd_credential_is_read_whatever_its_mode_bits(host_credentials, tmp_path, monkeypatch):
+    # systemd 257 hands a User= unit its credential as 0440 root:root plus an ACL for that user.
+    directory = tmp_path / "credentials"
+    directory.mkdir()
+    credential = directory / "offsite-s3"
+    credential.write_bytes(pathlib.Path(host_credentials).read_bytes())
+    credential.chmod(0o440)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(directory))
+    assert load_credentials(None, "offsite-s3")["access_key_id"] == seaweedfs.HOST["access_key"]
+    # The operator's own file with the same bits is still refused.
+    os.chmod(host_credentials, 0o440)
+    with pytest.raises(StorageError, match="mode 0440; make them 0600"):
+        load_credentials(host_credentials, "another-name")
 
 
 def test_a_wrong_secret_is_refused_by_the_store(server, bucket):

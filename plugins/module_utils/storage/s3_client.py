@@ -94,11 +94,14 @@ def load_credentials(path=None, credential_name=None):
     """Read the S3 key pair from a JSON file ``{"access_key_id": ..., "secret_access_key": ...}``.
 
     With ``credential_name`` and systemd's ``$CREDENTIALS_DIRECTORY`` set (``LoadCredential=``),
-    the file ``$CREDENTIALS_DIRECTORY/<credential_name>`` is read; otherwise ``path``, which must
-    not be readable by group or others. The secret never appears in an error message.
+    the file ``$CREDENTIALS_DIRECTORY/<credential_name>`` is read, whose access systemd sets;
+    otherwise ``path``, which must not be readable by group or others. The secret never appears in an error message.
     """
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credential_name and directory and os.path.exists(os.path.join(directory, credential_name)):
+    # systemd guards its own copy: a per-unit directory, and since systemd 256 (Debian 13) files
+    # 0440 root:root with an ACL for the unit's User=, so their mode bits are not the operator's.
+    from_systemd = bool(credential_name and directory and os.path.exists(os.path.join(directory, credential_name)))
+    if from_systemd:
         path = os.path.join(directory, credential_name)
     elif not path:
         raise StorageError(
@@ -111,7 +114,7 @@ def load_credentials(path=None, credential_name=None):
         raise StorageError(f"cannot open S3 credentials {path}: {exc.strerror}") from None
     with os.fdopen(fd, encoding="utf-8") as handle:
         mode = os.fstat(handle.fileno()).st_mode
-        if mode & (stat_module.S_IRWXG | stat_module.S_IRWXO):
+        if not from_systemd and mode & (stat_module.S_IRWXG | stat_module.S_IRWXO):
             raise StorageError(f"S3 credentials {path} are mode {mode & 0o777:04o}; make them 0600 (or 0400)")
         try:
             data = json.load(handle)

@@ -1,0 +1,348 @@
+"""After the host loss in side_effect.yml: new hosts, restored from their off-site copies.
+
+The tests run in file order: what the store holds, the restored data, then an outage of the
+store and the catch-up, the locks, the three refusals (each through restore.yml, as an
+operator would run it), and last the secret searches, so that they cover every run before them.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import botocore.exceptions
+import pytest
+import store
+import testinfra
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EPHEMERAL = os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]
+METRICS = "/var/lib/tradingbot-metrics/tradingbot_offsite.prom"
+BACKUPS = "/opt/tradingbot/backups"
+COPY_UNIT = "tradingbot-offsite.service"
+ARGV_LOG = "/var/tmp/hostloss-argv.txt"  # noqa: S108 - on the test host, written by root only
+# Each restore.yml run the tests make keeps its output here, for the secret searches.
+RUN_LOGS = os.path.join(EPHEMERAL, "test-runs")
+
+with open(os.path.join(HERE, "rows.py"), encoding="utf-8") as _source:
+    ROWS_PY = _source.read()
+
+
+@pytest.fixture(scope="module")
+def store_host():
+    return testinfra.get_host(f"podman://{store.STORE}")
+
+
+def name_of(host):
+    return host.backend.name
+
+
+def is_postgresql(host):
+    return name_of(host).startswith("tradingbot-debian13-")
+
+
+def before_loss(host):
+    with open(os.path.join(EPHEMERAL, f"before-loss-{name_of(host)}.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def live_rows(host, max_id=None):
+    """rows.py on the host's live database (SQLite: only up to the backup's last id)."""
+    if is_postgresql(host):
+        result = host.run("runuser -u postgres -- python3 -c %s postgresql tradingbot", ROWS_PY)
+    else:
+        result = host.run("python3 -c %s sqlite /opt/tradingbot/data/tradingbot.db %s", ROWS_PY, str(max_id or 2**62))
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def the_data(host):
+    """What the refusals must leave alone: the live rows now (SQLite: up to the last id now)."""
+    if is_postgresql(host):
+        return live_rows(host)
+    rows = live_rows(host)
+    return live_rows(host, rows["ticks"]["max_id"])
+
+
+def copies(host):
+    """The names of the complete copies (those with a manifest) under this host's prefix."""
+    versions, markers = store.objects(name_of(host) + "/")
+    hidden = {marker["Key"] for marker in markers if marker["IsLatest"]}
+    keys = {version["Key"] for version in versions} - hidden
+    return sorted(
+        key[len(name_of(host)) + 1 : -len(".age")]
+        for key in keys
+        if key.endswith(".age") and key + ".manifest.json" in keys
+    )
+
+
+def metrics(host):
+    text = host.file(METRICS).content_string
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def wait_until_copy_job_idle(host, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = host.run("systemctl show -P ActiveState %s", COPY_UNIT).stdout.strip()
+        if state in ("inactive", "failed"):
+            return
+        time.sleep(1)
+    raise AssertionError(f"{COPY_UNIT} still {state} after {timeout} s")
+
+
+def wait_for_s3(store_host, timeout=60):
+    """Until the restarted store answers S3 again (weed takes a few seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            store.client().head_bucket(Bucket=store.BUCKET)
+            return
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            time.sleep(1)
+    raise AssertionError(
+        f"the store did not answer within {timeout} s: {store_host.run('systemctl status seaweedfs').stdout}"
+    )
+
+
+def last_copy_journal(host):
+    invocation = host.run("systemctl show -P InvocationID %s", COPY_UNIT).stdout.strip()
+    return host.run("journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID=%s", invocation).stdout
+
+
+def restore_run(host, label, identity="identity.txt", **extra):
+    """restore.yml from the off-site copies on one host, as the operator runs it; its output is kept."""
+    argv = [
+        os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+        "-i",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        "tradingbot.ops.restore",
+        "-l",
+        name_of(host),
+        "-e",
+        "restore_confirm=true",
+        "-e",
+        "restore_source=offsite",
+        "-e",
+        "restore_offsite_identity_file=" + os.path.join(store.keys_dir(), identity),
+    ]
+    for key, value in extra.items():
+        argv += ["-e", f"{key}={value}"]
+    result = subprocess.run(
+        argv,
+        check=False,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"),
+    )
+    os.makedirs(RUN_LOGS, exist_ok=True)
+    with open(os.path.join(RUN_LOGS, f"{label}-{name_of(host)}.log"), "w", encoding="utf-8") as handle:
+        handle.write(result.stdout + result.stderr)
+    # Molecule's ansible.cfg sends failures to stderr (display_failed_stderr).
+    result.output = result.stdout + result.stderr
+    return result
+
+
+# -- the store and the host replacement ------------------------------------------------------
+
+
+def test_the_host_is_a_new_machine(host):
+    with open(os.path.join(EPHEMERAL, "lost-hosts.json"), encoding="utf-8") as handle:
+        lost = json.load(handle)[name_of(host)]
+    now = subprocess.run(
+        ["podman", "inspect", "-f", "{{.Id}}", name_of(host)], check=True, capture_output=True, text=True
+    )
+    assert now.stdout.strip() and now.stdout.strip() != lost
+
+
+def test_the_store_holds_only_ciphertext(host):
+    names = copies(host)
+    assert before_loss(host)["backup"] in names, names
+    admin = store.client()
+    for name in names:
+        data = admin.get_object(Bucket=store.BUCKET, Key=f"{name_of(host)}/{name}.age")["Body"].read()
+        assert data.startswith(b"age-encryption.org/v1\n"), name
+        assert b"\x1f\x8b\x08" not in data[:4096], name  # no gzip member header in the clear
+        for clear in (
+            b"SQLite format 3",
+            b"CREATE TABLE",
+            b"INSERT INTO",
+            b"COPY public.",
+            b"PostgreSQL database dump",
+        ):
+            assert clear not in data, (name, clear)
+
+
+# -- the restore -----------------------------------------------------------------------------
+
+
+def test_the_data_equals_the_backup(host):
+    before = before_loss(host)
+    max_id = None if is_postgresql(host) else before["tables"]["ticks"]["max_id"]
+    assert live_rows(host, max_id) == before["tables"]
+    manifest = json.loads(
+        store.client()
+        .get_object(Bucket=store.BUCKET, Key=f"{name_of(host)}/{before['backup']}.age.manifest.json")["Body"]
+        .read()
+    )
+    counts = {table.removeprefix("public."): rows for table, rows in manifest["tables"].items()}
+    assert counts == {table: info["rows"] for table, info in before["tables"].items()}
+
+
+def test_the_service_runs_on_the_restored_host(host):
+    assert host.service("tradingbot").is_running
+
+
+# -- an outage of the store ------------------------------------------------------------------
+
+
+def test_an_outage_fails_the_copy_not_the_backup_and_the_next_run_catches_up(host, store_host):
+    wait_until_copy_job_idle(host)
+    # Caught up before the outage (the restore's own backups on the new host included).
+    assert host.run("systemctl start --wait %s", COPY_UNIT).rc == 0, last_copy_journal(host)
+    good = metrics(host)
+    assert good["tradingbot_offsite_last_run_success"] == 1
+    assert store_host.run("systemctl stop seaweedfs").rc == 0
+    try:
+        backup = host.run("systemctl start --wait tradingbot-backup.service")
+        assert backup.rc == 0, backup.stderr
+        wait_until_copy_job_idle(host)
+        journal = last_copy_journal(host)
+        stale = metrics(host)
+    finally:
+        assert store_host.run("systemctl start seaweedfs").rc == 0
+        wait_for_s3(store_host)
+    assert host.run("systemctl show -P Result %s", COPY_UNIT).stdout.strip() == "exit-code"
+    # One line says it, naming the store.
+    failed = [line for line in journal.splitlines() if "tradingbot off-site copy failed:" in line]
+    assert len(failed) == 1, journal
+    assert store.STORE in failed[0], journal
+    assert stale["tradingbot_offsite_last_run_success"] == 0
+    assert (
+        stale["tradingbot_offsite_last_success_timestamp_seconds"]
+        == good["tradingbot_offsite_last_success_timestamp_seconds"]
+    )
+    assert (
+        stale["tradingbot_offsite_last_run_timestamp_seconds"]
+        > stale["tradingbot_offsite_last_success_timestamp_seconds"]
+    )
+    assert stale["tradingbot_offsite_pending_backups"] >= 1
+    newest = sorted(host.run("ls -1 %s", BACKUPS).stdout.split())
+    newest = [name for name in newest if name.endswith((".db.gz", ".sql.gz"))][-1]
+    assert newest not in copies(host)
+
+    caught_up = host.run("systemctl start --wait %s", COPY_UNIT)
+    assert caught_up.rc == 0, last_copy_journal(host)
+    after = metrics(host)
+    assert after["tradingbot_offsite_last_run_success"] == 1
+    assert after["tradingbot_offsite_pending_backups"] == 0
+    assert after["tradingbot_offsite_copied_backups"] >= 1
+    assert newest in copies(host)
+
+
+# -- the locks -------------------------------------------------------------------------------
+
+
+def test_the_hosts_credentials_cannot_delete_a_locked_copy(host):
+    name = before_loss(host)["backup"]
+    key = f"{name_of(host)}/{name}.age"
+    versions, _markers = store.objects(key)
+    locked = [version for version in versions if version["Key"] == key]
+    assert locked
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        store.client("host").delete_object(Bucket=store.BUCKET, Key=key, VersionId=locked[0]["VersionId"])
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    assert store.client().head_object(Bucket=store.BUCKET, Key=key, VersionId=locked[0]["VersionId"])
+
+
+# -- the refusals ----------------------------------------------------------------------------
+
+
+def newest_copy(host):
+    return copies(host)[-1]
+
+
+def test_a_wrong_identity_is_refused(host):
+    before = the_data(host)
+    name = newest_copy(host)
+    result = restore_run(host, "wrong-identity", identity="other-identity.txt", restore_file=name)
+    assert result.returncode != 0
+    assert "the identity does not match the recipient" in result.output, result.output[-3000:]
+    assert live_rows(host, None if is_postgresql(host) else before["ticks"]["max_id"]) == before
+
+
+def test_a_tampered_ciphertext_is_refused(host):
+    before = the_data(host)
+    name = newest_copy(host)
+    key = f"{name_of(host)}/{name}.age"
+    admin = store.client()
+    data = bytearray(admin.get_object(Bucket=store.BUCKET, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0x01
+    # Only a new version on top of the locked one: what an attacker with write access can do.
+    tampered = admin.put_object(Bucket=store.BUCKET, Key=key, Body=bytes(data))["VersionId"]
+    try:
+        result = restore_run(host, "tampered", restore_file=name)
+    finally:
+        admin.delete_object(Bucket=store.BUCKET, Key=key, VersionId=tampered)
+    assert result.returncode != 0
+    assert "tampered or damaged; refusing" in result.output, result.output[-3000:]
+    assert live_rows(host, None if is_postgresql(host) else before["ticks"]["max_id"]) == before
+
+
+def test_a_missing_manifest_is_refused(host):
+    before = the_data(host)
+    name = newest_copy(host)
+    key = f"{name_of(host)}/{name}.age.manifest.json"
+    # The host's own keys can hide a manifest behind a delete marker, not destroy it.
+    marker = store.client("host").delete_object(Bucket=store.BUCKET, Key=key)["VersionId"]
+    try:
+        result = restore_run(host, "no-manifest", restore_file=name)
+    finally:
+        store.client().delete_object(Bucket=store.BUCKET, Key=key, VersionId=marker)
+    assert result.returncode != 0
+    assert "has no manifest in s3://" in result.output, result.output[-3000:]
+    assert live_rows(host, None if is_postgresql(host) else before["ticks"]["max_id"]) == before
+
+
+# -- the secrets -----------------------------------------------------------------------------
+
+
+def secrets():
+    return {"the S3 secret key": store.host_secret(), "the age identity": store.identity()}
+
+
+def assert_no_secret(text, where):
+    for what, secret in secrets().items():
+        assert secret not in text, f"{what} appears in {where}"
+
+
+def test_no_secret_in_the_journal(host):
+    assert_no_secret(host.run("journalctl --no-pager -o cat").stdout, "the journal")
+
+
+def test_no_secret_in_the_app_logs(host):
+    logs = host.run("cat /opt/tradingbot/logs/*.log")
+    assert logs.rc == 0, logs.stderr
+    assert_no_secret(logs.stdout, "the app logs")
+
+
+def test_no_secret_in_any_argv_while_the_copy_jobs_and_restores_ran(host):
+    seen = host.file(ARGV_LOG).content_string
+    # The poller ran while the copy jobs (the host CLI) and the restores' modules ran.
+    assert "tradingbot_ops.offsite_cli" in seen, seen[-2000:]
+    assert "AnsiballZ_" in seen, seen[-2000:]
+    assert_no_secret(seen, "an argv")
+
+
+def test_no_secret_in_the_restore_runs_output():
+    logs = [os.path.join(EPHEMERAL, "restore-vvv.log")]
+    logs += [os.path.join(RUN_LOGS, name) for name in sorted(os.listdir(RUN_LOGS))] if os.path.isdir(RUN_LOGS) else []
+    with open(logs[0], encoding="utf-8") as handle:
+        vvv = re.sub(r"\x1b\[[0-9;]*m", "", handle.read())
+    # -vvv shows every command the podman connection runs on the hosts.
+    assert "> EXEC:" in vvv, "restore-vvv.log is not -vvv output"
+    for path in logs:
+        with open(path, encoding="utf-8") as handle:
+            assert_no_secret(handle.read(), path)
