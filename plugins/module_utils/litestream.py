@@ -118,16 +118,21 @@ def environment(ca_bundle=None):
 def run(litestream, command, config_path, database, *args, ca_bundle=None, secrets=()):
     """Run ``litestream COMMAND -config CONFIG [ARGS] DATABASE``; return its stdout.
 
-    0.3.13's listing commands log a failed replica ("level=ERROR") and still exit 0 with no rows:
-    an ERROR line fails the call too. ``secrets`` are cut out of any message."""
+    Return (its output without log lines, its log lines). 0.3.13's listing commands log a failed
+    replica ("level=ERROR") and still exit 0 with no rows: an ERROR line fails the call too.
+    ``secrets`` are cut out of any message."""
     argv = [litestream, command, "-no-expand-env", "-config", config_path, *args, database]
     result = subprocess.run(  # noqa: S603 - fixed argv, no shell
         argv, capture_output=True, text=True, env=environment(ca_bundle), check=False, stdin=subprocess.DEVNULL
     )
-    if result.returncode != 0 or "level=ERROR" in result.stderr:
-        message = redact(result.stderr.strip() or result.stdout.strip(), secrets)
-        raise LitestreamError(f"litestream {command} failed (exit {result.returncode}): {message}")
-    return result.stdout, redact(result.stderr, secrets)
+    # 0.3.13 logs to stdout, between the rows of a listing.
+    lines = (result.stdout + result.stderr).splitlines()
+    log = redact("\n".join(line for line in lines if line.startswith("time=")), secrets)
+    output = "\n".join(line for line in result.stdout.splitlines() if not line.startswith("time="))
+    if result.returncode != 0 or "level=ERROR" in log:
+        errors = [line for line in log.splitlines() if "level=ERROR" in line] or [redact(result.stderr.strip(), secrets)]
+        raise LitestreamError(f"litestream {command} failed (exit {result.returncode}): {'; '.join(errors)}")
+    return output, log
 
 
 def redact(text, secrets):

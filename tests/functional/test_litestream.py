@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import seaweedfs
 import test_offsite as copy_job
-from ansible_collections.tradingbot.ops.plugins.module_utils import encryption, litestream
+from ansible_collections.tradingbot.ops.plugins.module_utils import encryption, litestream, litestream_metrics
+from ansible_collections.tradingbot.ops.plugins.module_utils.reporting import read_metric
 from test_restore_module import BIN, PYTHON, ansible_env
 
 MODULE = "tradingbot.ops.sqlite_pitr"
@@ -57,7 +58,7 @@ def keys(tools, tmp_path_factory):
 class Replication:
     """A live WAL-mode database and the `litestream replicate` process that ships it."""
 
-    def __init__(self, root, server, bucket, keys):
+    def __init__(self, root, server, bucket, keys, host_key=True):
         self.root = root
         self.db = str(root / "data" / "tradingbot.db")
         (root / "data").mkdir()
@@ -79,7 +80,7 @@ class Replication:
         self.config = root / "litestream.yml"
         fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(litestream.config_text(self.replica, identity=self.host_identity))
+            handle.write(litestream.config_text(self.replica, identity=self.host_identity if host_key else None))
         self.log = root / "litestream.log"
         self.process = None
         self.conn = sqlite3.connect(self.db, isolation_level=None)
@@ -351,6 +352,35 @@ def test_the_identity_and_the_s3_secret_appear_in_no_argv_output_or_result(repli
     assert restores["leftover_configs"] == set()
 
 
+def metric(metrics_dir, name):
+    return read_metric(metrics_dir, litestream_metrics.METRICS_FILE, f"{litestream_metrics.METRICS_PREFIX}_{name}")
+
+
+def test_the_metrics_job_writes_the_last_replicated_write_and_the_lag(replicated, tmp_path):
+    repl = replicated["repl"]
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    argv = ["--config", str(repl.config), "--database", repl.db, "--metrics-dir", str(metrics_dir)]
+    assert litestream_metrics.main([*argv, "--litestream", LITESTREAM]) == 0
+    newest = metric(metrics_dir, "last_replicated_write_timestamp_seconds")
+    conn = sqlite3.connect(repl.db)
+    last_commit = conn.execute("SELECT max(committed_at) FROM markers").fetchone()[0]
+    conn.close()
+    # Uploaded after the last commit, stamped in whole seconds by the store.
+    assert int(last_commit) <= newest <= time.time()
+    assert metric(metrics_dir, "last_run_success") == 1
+    assert metric(metrics_dir, "replication_lag_seconds") >= 0
+    assert metric(metrics_dir, "generations") == 1
+
+    # A store that refuses the key: the run fails, and the last known write is carried over.
+    broken = tmp_path / "broken.yml"
+    broken.write_text(repl.config.read_text().replace(repl.replica["s3_secret_access_key"], "wrong-secret"))
+    assert litestream_metrics.main(["--config", str(broken), *argv[2:], "--litestream", LITESTREAM]) == 1
+    assert metric(metrics_dir, "last_run_success") == 0
+    assert metric(metrics_dir, "last_replicated_write_timestamp_seconds") == newest
+    assert metric(metrics_dir, "replication_lag_seconds") is None
+
+
 def test_litestream_uploads_again_after_sigkill(replicated):
     repl = replicated["repl"]
     repl.stop(signal.SIGKILL)
@@ -359,3 +389,22 @@ def test_litestream_uploads_again_after_sigkill(replicated):
     after = repl.write(3)
     repl.wait_replicated(while_down + after)
     assert repl.restored_ids() == replicated["first"] + replicated["second"] + while_down + after
+
+
+def test_without_the_host_key_a_restarted_litestream_stalls(tools, server, keys, tmp_path):
+    """Why the role gives the service a key of its own: 0.3.13 reads its last upload back."""
+    bucket = "litestream-nokey-" + str(os.getpid())
+    s3_client(server, seaweedfs.ADMIN).create_bucket(Bucket=bucket)
+    repl = Replication(tmp_path, server, bucket, keys, host_key=False)
+    repl.start()
+    try:
+        repl.wait_replicated(repl.write(2))
+        repl.stop()
+        repl.start()
+        repl.write(2)
+        deadline = time.monotonic() + 120
+        while "cannot determine replica position" not in repl.log.read_text():
+            assert time.monotonic() < deadline, repl.log.read_text()
+            time.sleep(0.5)
+    finally:
+        repl.stop()
