@@ -399,7 +399,8 @@ def test_without_the_host_key_a_restarted_litestream_stalls(tools, server, keys,
     repl.start()
     try:
         repl.wait_replicated(repl.write(2))
-        repl.stop()
+        repl.wait_replicated(repl.write(2))  # WAL segments after the snapshot
+        repl.stop(signal.SIGKILL)
         repl.start()
         repl.write(2)
         deadline = time.monotonic() + 120
