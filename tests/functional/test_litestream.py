@@ -155,7 +155,8 @@ def iso(moment):
 def replicated(tools, server, keys, tmp_path_factory):
     """Batch A, a quiet moment T, batch B; all of it replicated, and Litestream still running."""
     bucket = "litestream-" + str(os.getpid())
-    s3_client(server, seaweedfs.ADMIN).create_bucket(Bucket=bucket)
+    # The off-site bucket: created with Object Lock (versioned), as the copies need.
+    s3_client(server, seaweedfs.ADMIN).create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
     root = tmp_path_factory.mktemp("litestream")
     repl = Replication(root, server, bucket, keys)
     with CmdlineWatcher() as watcher:
