@@ -122,7 +122,7 @@ def run(litestream, command, config_path, database, *args, ca_bundle=None, secre
     replica ("level=ERROR") and still exit 0 with no rows: an ERROR line fails the call too.
     ``secrets`` are cut out of any message."""
     argv = [litestream, command, "-no-expand-env", "-config", config_path, *args, database]
-    result = subprocess.run(  # noqa: S603 - fixed argv, no shell
+    result = subprocess.run(
         argv, capture_output=True, text=True, env=environment(ca_bundle), check=False, stdin=subprocess.DEVNULL
     )
     # 0.3.13 logs to stdout, between the rows of a listing.
@@ -130,7 +130,9 @@ def run(litestream, command, config_path, database, *args, ca_bundle=None, secre
     log = redact("\n".join(line for line in lines if line.startswith("time=")), secrets)
     output = "\n".join(line for line in result.stdout.splitlines() if not line.startswith("time="))
     if result.returncode != 0 or "level=ERROR" in log:
-        errors = [line for line in log.splitlines() if "level=ERROR" in line] or [redact(result.stderr.strip(), secrets)]
+        errors = [line for line in log.splitlines() if "level=ERROR" in line] or [
+            redact(result.stderr.strip(), secrets)
+        ]
         raise LitestreamError(f"litestream {command} failed (exit {result.returncode}): {'; '.join(errors)}")
     return output, log
 
@@ -156,11 +158,11 @@ def parse_time(text):
 
 
 def fmt_time(moment):
-    return moment.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_target(target_time):
-    """"latest" (None) or an aware datetime; an ISO time without a zone is refused."""
+    """ "latest" (None) or an aware datetime; an ISO time without a zone is refused."""
     if target_time in (None, "", "latest"):
         return None
     try:

@@ -50,7 +50,7 @@ def measure(binary, config, database, ca_bundle=None):
     return newest.timestamp(), lag, len(generations)
 
 
-def write_metrics(metrics_dir, now, ok, newest=None, lag=None, generations=None):
+def write_metrics(metrics_dir, now, ok, *, newest=None, lag=None, generations=None):
     if not ok:
         newest = read_metric(metrics_dir, METRICS_FILE, f"{METRICS_PREFIX}_last_replicated_write_timestamp_seconds")
     metrics = [
@@ -71,7 +71,7 @@ def main(argv=None):
     parser.add_argument("--litestream", default="litestream", help="the litestream binary")
     parser.add_argument("--ca-bundle", help="a PEM file of the store's CA")
     args = parser.parse_args(argv)
-    now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+    now = datetime.datetime.now(datetime.UTC).timestamp()
     try:
         newest, lag, generations = measure(
             litestream.binary(args.litestream), args.config, args.database, args.ca_bundle
@@ -80,7 +80,7 @@ def main(argv=None):
         write_metrics(args.metrics_dir, now, False)
         print(f"tradingbot litestream metrics: {exc}", file=sys.stderr)
         return 1
-    write_metrics(args.metrics_dir, now, True, newest, lag, generations)
+    write_metrics(args.metrics_dir, now, True, newest=newest, lag=lag, generations=generations)
     return 0
 
 

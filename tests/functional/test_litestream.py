@@ -148,7 +148,7 @@ def marker_ids(path):
 
 
 def iso(moment):
-    return datetime.datetime.fromtimestamp(moment, datetime.timezone.utc).isoformat()
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat()
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +276,7 @@ def test_check_mode_names_the_generation_snapshot_and_wal_range_and_writes_nothi
     assert planned["snapshot"]["index"] == 0
     assert planned["wal"]["segments"] >= 1
     assert planned["wal"]["first"]["index"] >= planned["snapshot"]["index"]
-    target = datetime.datetime.fromtimestamp(replicated["target"], datetime.timezone.utc)
+    target = datetime.datetime.fromtimestamp(replicated["target"], datetime.UTC)
     assert litestream.parse_time(planned["wal"]["last"]["created"]) <= target
     assert planned["not_predicted"]
 

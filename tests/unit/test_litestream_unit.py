@@ -24,7 +24,11 @@ from test_unit_hardening import directives, exposure, failing_checks, run_valida
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "roles"
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
-VAR_FILES = [str(ROLES / role / kind / "main.yml") for role in ("tradingbot", "tradingbot_litestream") for kind in ("defaults", "vars")]
+VAR_FILES = [
+    str(ROLES / role / kind / "main.yml")
+    for role in ("tradingbot", "tradingbot_litestream")
+    for kind in ("defaults", "vars")
+]
 TEMPLATES = {
     "tradingbot-litestream.service": "tradingbot-litestream.service.j2",
     "tradingbot-litestream-metrics.service": "tradingbot-litestream-metrics.service.j2",
@@ -56,7 +60,10 @@ def render(out, extra_vars):
     out.mkdir(parents=True, exist_ok=True)
     # The shared sandbox block, found on the template search path as the units entry point finds it.
     (out / "templates").symlink_to(ROLES / "tradingbot" / "templates")
-    items = [{"src": str(ROLES / "tradingbot_litestream" / "templates" / src), "dest": str(out / name)} for name, src in TEMPLATES.items()]
+    items = [
+        {"src": str(ROLES / "tradingbot_litestream" / "templates" / src), "dest": str(out / name)}
+        for name, src in TEMPLATES.items()
+    ]
     items.append({"content": "{{ __tradingbot_verify_unit }}", "dest": str(out / "verify_unit.cmd")})
     play = [
         {
@@ -73,7 +80,11 @@ def render(out, extra_vars):
                 },
                 {
                     "name": "Write the validate command",
-                    "ansible.builtin.copy": {"content": "{{ item.content }}", "dest": "{{ item.dest }}", "mode": "0600"},
+                    "ansible.builtin.copy": {
+                        "content": "{{ item.content }}",
+                        "dest": "{{ item.dest }}",
+                        "mode": "0600",
+                    },
                     "loop": [i for i in items if "content" in i],
                 },
             ],
