@@ -105,14 +105,13 @@ class Replication:
 
     def write(self, count):
         """Commit ``count`` marker rows one by one; each carries the time of its commit."""
-        ids = []
-        for _ in range(count):
+        ids = list(range(self.next_id, self.next_id + count))
+        for marker in ids:
             self.conn.execute("BEGIN")
-            self.conn.execute("INSERT INTO markers VALUES (?, ?)", (self.next_id, time.time()))
+            self.conn.execute("INSERT INTO markers VALUES (?, ?)", (marker, time.time()))
             self.conn.execute("COMMIT")
-            ids.append(self.next_id)
-            self.next_id += 1
             time.sleep(0.1)
+        self.next_id += count
         return ids
 
     def restored_ids(self, timestamp=None):
