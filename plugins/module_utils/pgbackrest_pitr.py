@@ -11,6 +11,7 @@ the cipher passphrase stay in pgBackRest's configuration files.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -54,8 +55,8 @@ class Cluster:
 
     def run(self, argv, check=True, timeout=None):
         env = dict(os.environ, TZ="UTC", LC_ALL="C")
-        result = subprocess.run(  # noqa: S603 - argv, no shell, no secret in it
-            self.prefix + argv,
+        result = subprocess.run(
+            [*self.prefix, *argv],
             capture_output=True,
             text=True,
             env=env,
@@ -89,14 +90,14 @@ class Cluster:
         params = self.params
         if params["service"]:
             argv = ["systemctl", action, params["service"]]
-            result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+            result = subprocess.run(argv, capture_output=True, text=True, check=False)
         else:
             mode = ["-m", "fast"] if action == "stop" else ["-l", os.path.join(params["data_dir"], "pg_ctl.log")]
             argv = [os.path.join(params["pg_bin_dir"], "pg_ctl"), "-D", params["data_dir"], "-w", "-t", "120"]
             # The server inherits pg_ctl's stdout and stderr: a pipe would never close, so its log
             # goes to a file in the data directory.
-            result = subprocess.run(  # noqa: S603
-                self.prefix + [*argv, *mode, action],
+            result = subprocess.run(
+                [*self.prefix, *argv, *mode, action],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 check=False,
@@ -257,10 +258,8 @@ def run_pitr(params, check_mode=False):
 
 def rollback(cluster, data_dir, safety_copy):
     """Put the safety copy back in place and start it; the failed restore is kept beside it."""
-    try:
+    with contextlib.suppress(RestoreError):  # not running
         cluster.server("stop")
-    except RestoreError:
-        pass  # not running
     if os.path.exists(data_dir):
         os.rename(data_dir, safety_copy.replace(".pre-pitr-", ".failed-pitr-"))
     os.rename(safety_copy, data_dir)

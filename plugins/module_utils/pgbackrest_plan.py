@@ -16,7 +16,7 @@ import datetime
 
 from .errors import RestoreError
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
 def parse_lsn(text):
@@ -129,7 +129,8 @@ def make_plan(entry, target, last_commit, history):
         if target < oldest or target > end:
             raise RestoreError(
                 f"target {format_time(target)} is outside the reachable range {reachable['start']} .. "
-                f"{reachable['end']} (the oldest usable backup's end .. the newest archived commit); nothing was touched",
+                f"{reachable['end']} (the oldest usable backup's end .. the newest archived commit);"
+                " nothing was touched",
                 {"reachable": reachable},
             )
         chosen = [backup for backup in backups if stop_time(backup) <= target][-1]

@@ -172,7 +172,8 @@ plan:
       description: The timeline followed (the newest in the archive).
       type: int
     reachable:
-      description: The reachable range, C(start) (the oldest usable backup's end) and C(end) (the newest archived commit).
+      description:
+        - The reachable range, C(start) (the oldest usable backup's end) and C(end) (the newest archived commit).
       type: dict
   sample:
     target_time: "2026-12-01 10:15:00.000000+00"
@@ -211,12 +212,14 @@ not_predicted:
   elements: str
 """
 
-import copy
+import copy  # noqa: E402 - after the documentation, as ansible-test expects
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.tradingbot.ops.plugins.module_utils.errors import RestoreError
-from ansible_collections.tradingbot.ops.plugins.module_utils.pgbackrest_pitr import PITR_OPTIONS, run_pitr
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.tradingbot.ops.plugins.module_utils.errors import RestoreError  # noqa: E402
+from ansible_collections.tradingbot.ops.plugins.module_utils.pgbackrest_pitr import (  # noqa: E402
+    PITR_OPTIONS,
+    run_pitr,
+)
 
 
 def main():

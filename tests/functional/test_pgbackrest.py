@@ -51,7 +51,11 @@ def render(out, extra_vars):
     out.mkdir(parents=True, exist_ok=True)
     (out / "templates").symlink_to(ROLES / "tradingbot" / "templates")
     role = ROLES / "tradingbot_pgbackrest"
-    var_files = [str(ROLES / name / kind / "main.yml") for name in ("tradingbot", "tradingbot_pgbackrest") for kind in ("defaults", "vars")]
+    var_files = [
+        str(ROLES / name / kind / "main.yml")
+        for name in ("tradingbot", "tradingbot_pgbackrest")
+        for kind in ("defaults", "vars")
+    ]
     play = [
         {
             "name": "Render the pgBackRest role's files",
@@ -62,12 +66,20 @@ def render(out, extra_vars):
             "tasks": [
                 {
                     "name": "Render the configuration",
-                    "ansible.builtin.template": {"src": str(role / "templates" / "{{ item }}.j2"), "dest": str(out / "{{ item }}"), "mode": "0600"},
+                    "ansible.builtin.template": {
+                        "src": str(role / "templates" / "{{ item }}.j2"),
+                        "dest": str(out / "{{ item }}"),
+                        "mode": "0600",
+                    },
                     "loop": ["pgbackrest.conf", "secrets.conf"],
                 },
                 {
                     "name": "Render the units",
-                    "ansible.builtin.template": {"src": str(role / "templates" / "{{ item.src }}"), "dest": str(out / "{{ item.dest }}"), "mode": "0644"},
+                    "ansible.builtin.template": {
+                        "src": str(role / "templates" / "{{ item.src }}"),
+                        "dest": str(out / "{{ item.dest }}"),
+                        "mode": "0644",
+                    },
                     "loop": "{{ __tradingbot_pgbackrest_units }}",
                 },
             ],
@@ -166,16 +178,18 @@ class Stack:
 
     def mark(self, note):
         """Insert a marker row, archive its WAL, and return its commit time."""
-        self.cluster.psql(f"INSERT INTO marks (note) VALUES ('{note}')")
+        committed = self.cluster.psql(f"INSERT INTO marks (note) VALUES ('{note}') RETURNING committed_at")  # noqa: S608 - the tests' own literals
         self.cluster.psql("SELECT pg_switch_wal()")
-        return self.cluster.psql(f"SELECT committed_at FROM marks WHERE note = '{note}'").strip()
+        return committed.strip()
 
     def notes(self):
         return self.cluster.psql("SELECT note FROM marks ORDER BY id").split()
 
     def server_time(self):
         time.sleep(1.1)  # a target strictly between two commits
-        value = self.cluster.psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'").strip()
+        value = self.cluster.psql(
+            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
+        ).strip()
         time.sleep(1.1)
         return value
 
@@ -231,13 +245,21 @@ def stack():
         shutil.copy(rendered / "secrets.conf", config / "conf.d" / "secrets.conf")
         for path in (root / "log", root / "spool"):
             path.mkdir()
-        subprocess.run(["chown", "-R", "postgres:postgres", str(config), str(root / "log"), str(root / "spool")], check=True)
+        subprocess.run(
+            ["chown", "-R", "postgres:postgres", str(config), str(root / "log"), str(root / "spool")], check=True
+        )
         archive_command = f"pgbackrest --config-path={config} --stanza={STANZA} archive-push %p"
         with open(os.path.join(cluster.data_dir, "postgresql.auto.conf"), "a", encoding="utf-8") as conf:
-            conf.write(f"wal_level = replica\narchive_mode = on\narchive_timeout = 60\narchive_command = '{archive_command}'\n")
+            conf.write(
+                f"wal_level = replica\narchive_mode = on\narchive_timeout = 60\narchive_command = '{archive_command}'\n"
+            )
         log = os.path.join(cluster.data_dir, "server.log")
-        cluster._as_postgres([os.path.join(cluster.bin_dir, "pg_ctl"), "-D", cluster.data_dir, "-l", log, "-w", "restart"])
-        cluster.psql("CREATE TABLE marks (id serial PRIMARY KEY, note text, committed_at timestamptz DEFAULT clock_timestamp())")
+        cluster._as_postgres(
+            [os.path.join(cluster.bin_dir, "pg_ctl"), "-D", cluster.data_dir, "-l", log, "-w", "restart"]
+        )
+        cluster.psql(
+            "CREATE TABLE marks (id serial PRIMARY KEY, note text, committed_at timestamptz DEFAULT clock_timestamp())"
+        )
         cluster.psql(f"GRANT ALL ON marks TO {postgres.ROLE}")
         yield Stack(root, store, cluster, config)
     finally:
@@ -331,7 +353,7 @@ def test_a_target_before_the_oldest_backup_is_refused_untouched(stack):
 
 
 def test_a_target_after_the_archive_is_refused(stack):
-    later = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)).isoformat()
+    later = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)).isoformat()
     with pytest.raises(RestoreError, match="outside the reachable range"):
         stack.pitr(later, check_mode=True)
 
@@ -355,7 +377,14 @@ def test_backup_units_pass_the_exposure_gate(stack):
         text = (rendered / unit).read_text()
         assert PASSPHRASE not in text
         result = subprocess.run(
-            ["systemd-analyze", "security", "--offline=yes", f"--threshold={BACKUP_UNIT_THRESHOLD}", "--no-pager", str(rendered / unit)],
+            [
+                "systemd-analyze",
+                "security",
+                "--offline=yes",
+                f"--threshold={BACKUP_UNIT_THRESHOLD}",
+                "--no-pager",
+                str(rendered / unit),
+            ],
             capture_output=True,
             text=True,
             check=False,
