@@ -146,6 +146,13 @@ class Stack:
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
+    def unit_command(self, unit):
+        """Run a rendered unit's ExecStart= as postgres, with this stack's config path."""
+        text = (self.root / "rendered" / unit).read_text()
+        argv = next(line for line in text.splitlines() if line.startswith("ExecStart=")).split("=", 1)[1].split()
+        assert argv[0] == "/usr/bin/pgbackrest" and argv[1] == f"--stanza={STANZA}"
+        return self.pgbackrest(*argv[2:])
+
     def params(self, target, **extra):
         params = {key: spec.get("default") for key, spec in PITR_OPTIONS.items()}
         params.update(
@@ -278,7 +285,7 @@ def test_archive_and_full_backup(stack):
     with CommandLines() as lines:
         stack.pgbackrest("stanza-create")
         stack.pgbackrest("check")
-        stack.pgbackrest("--type=full", "backup")
+        stack.unit_command("tradingbot-pgbackrest-full.service")
     stack.command_lines |= lines.seen
     info = pgbackrest_plan.stanza_info(json.loads(stack.pgbackrest("--output=json", "info")), STANZA)
     assert [backup["type"] for backup in info["backup"]] == ["full"]
@@ -319,7 +326,7 @@ def test_a_backup_on_the_abandoned_timeline_is_not_used(stack):
     stack.mark("before3")
     target = stack.server_time()
     stack.mark("after3")
-    stack.pgbackrest("--type=diff", "backup")
+    stack.unit_command("tradingbot-pgbackrest-diff.service")
     stack.mark("after-diff")
     stack.pitr(target)
     assert stack.notes() == ["before1", "before2", "before3"]
@@ -358,6 +365,13 @@ def test_a_target_after_the_archive_is_refused(stack):
         stack.pitr(later, check_mode=True)
 
 
+def test_the_monthly_verify_passes_on_the_repository(stack):
+    with CommandLines() as lines:
+        stack.unit_command("tradingbot-pgbackrest-verify.service")
+    stack.command_lines |= lines.seen
+    assert any(" verify" in line for line in lines.seen)
+
+
 def test_no_secret_in_argv_output_or_results(stack):
     secrets = [PASSPHRASE, seaweedfs.HOST["secret_key"]]
     assert any("pgbackrest" in line and "restore" in line for line in stack.command_lines)
@@ -373,7 +387,8 @@ def test_no_secret_in_argv_output_or_results(stack):
 def test_backup_units_pass_the_exposure_gate(stack):
     rendered = stack.root / "rendered"
     require(shutil.which("systemd-analyze"), "systemd-analyze")
-    for unit in ("tradingbot-pgbackrest-full.service", "tradingbot-pgbackrest-diff.service"):
+    units = ("full", "diff", "verify")
+    for unit in (f"tradingbot-pgbackrest-{name}.service" for name in units):
         text = (rendered / unit).read_text()
         assert PASSPHRASE not in text
         result = subprocess.run(
