@@ -14,7 +14,6 @@ from __future__ import annotations
 # Stdlib only, like the other engines (tested and run without AnsibleModule); pg_ctl's server
 # must inherit no pipe, which run_command cannot express.
 # pylint: disable=ansible-bad-function
-
 import contextlib
 import datetime
 import json
@@ -124,6 +123,9 @@ def _log_tail(path):
 
 
 def _last_lines(text, count=3):
+    fatal = [line.strip() for line in text.splitlines() if "FATAL:" in line or "PANIC:" in line]
+    if fatal:
+        return " | ".join(fatal[-count:])
     return " | ".join(line.strip() for line in text.strip().splitlines()[-count:]) or "no message"
 
 

@@ -345,6 +345,18 @@ def test_restore_latest_keeps_every_archived_commit(stack):
     assert stack.notes()[-1] == "newest"
 
 
+def test_a_failed_validation_rolls_back_to_the_safety_copy(stack):
+    before = stack.notes()
+    stack.cluster.psql("INSERT INTO marks (note) VALUES ('kept-by-rollback')")
+    params = stack.params("latest", validate_tables=["marks", "no_such_table"])
+    with pytest.raises(RestoreError, match="rolled back") as failed:
+        run_pitr(params)
+    stack.results.append(failed.value.result)
+    assert failed.value.result["rolled_back"] is True
+    assert "no_such_table" in str(failed.value)
+    assert stack.notes() == [*before, "kept-by-rollback"]
+
+
 def test_a_target_before_the_oldest_backup_is_refused_untouched(stack):
     before = stack.notes()
     inode = os.stat(stack.cluster.data_dir).st_ino
