@@ -16,6 +16,8 @@ host_packages=(
   # Off-site copies: age encrypts on the host, python3-boto3 is the hosts' S3 client (the
   # tests run the host CLI under /usr/bin/python3), rclone is the benchmark's baseline.
   age python3-boto3 rclone
+  # pgBackRest: the PostgreSQL WAL archive and point-in-time restore tests.
+  pgbackrest
   # time: GNU time gives the benchmarks a child's own peak RSS.
   time
 )

@@ -5,6 +5,10 @@ identities file (an admin, and a ``host`` identity with the rights the app host 
 ``start()`` waits until S3 answers. ``stop()`` sends TERM, waits, then KILLs the PID it started
 (weed does not exit on TERM within seconds). ``start()`` again reuses the same data directory and
 ports, so a stop/start is an outage of the same store.
+
+``SeaweedServer(root, tls=True)`` also serves S3 over HTTPS (``https_endpoint``) with a fresh
+self-signed certificate (``ca_file``) for the DNS name ``localhost``: pgBackRest speaks HTTPS only
+and ignores IP SANs.
 """
 
 import json
@@ -39,6 +43,7 @@ _PORT_OPTIONS = (
     "s3.port.iceberg",
     "s3.port.lance",
 )
+_TLS_PORT_OPTION = "s3.port.https"
 
 
 def weed_binary():
@@ -63,13 +68,18 @@ def free_ports(count):
 
 
 class SeaweedServer:
-    def __init__(self, root):
+    def __init__(self, root, tls=False):
         self.root = str(root)
+        self.tls = tls
         self.data_dir = os.path.join(self.root, "data")
         self.config_path = os.path.join(self.root, "s3.json")
         self.log_path = os.path.join(self.root, "weed.log")
-        self.ports = dict(zip(_PORT_OPTIONS, free_ports(len(_PORT_OPTIONS)), strict=True))
+        options = (*_PORT_OPTIONS, _TLS_PORT_OPTION) if tls else _PORT_OPTIONS
+        self.ports = dict(zip(options, free_ports(len(options)), strict=True))
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
+        self.ca_file = os.path.join(self.root, "s3-cert.pem")
+        self.key_file = os.path.join(self.root, "s3-key.pem")
+        self.https_endpoint = f"https://localhost:{self.ports[_TLS_PORT_OPTION]}" if tls else None
         self.process = None
         os.makedirs(self.data_dir, exist_ok=True)
         identities = [
@@ -87,9 +97,38 @@ class SeaweedServer:
         ]
         with open(self.config_path, "w", encoding="utf-8") as handle:
             json.dump({"identities": identities}, handle)
+        if tls:
+            self._make_certificate()
+
+    def _make_certificate(self):
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+                "-keyout",
+                self.key_file,
+                "-out",
+                self.ca_file,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        os.chmod(self.ca_file, 0o644)
 
     def argv(self):
         ports = [f"-{option}={port}" for option, port in self.ports.items()]
+        if self.tls:
+            ports += [f"-s3.cert.file={self.ca_file}", f"-s3.key.file={self.key_file}"]
         return [
             weed_binary(),
             "mini",
