@@ -24,7 +24,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import seaweedfs
 import test_offsite as copy_job
 from ansible_collections.tradingbot.ops.plugins.module_utils import encryption, litestream, litestream_metrics
+from ansible_collections.tradingbot.ops.plugins.module_utils.backup import run_backup
 from ansible_collections.tradingbot.ops.plugins.module_utils.reporting import read_metric
+from ansible_collections.tradingbot.ops.plugins.module_utils.restore import run_restore
 from test_restore_module import BIN, PYTHON, ansible_env
 
 MODULE = "tradingbot.ops.sqlite_pitr"
@@ -317,6 +319,26 @@ def test_a_target_before_the_replica_is_refused_with_the_range_and_nothing_writt
     staged = sorted(os.listdir(replicated["root"] / "staging"))
     written = [os.path.basename(restores["results"][n]["staging_file"]) for n in (1, 2)]
     assert staged == sorted(written)
+
+
+def test_the_staging_file_goes_live_through_the_restore_flow(replicated, restores, tmp_path):
+    """The staging file as a verified backup, restored by db_restore's engine over a live copy
+    of the database: safety copy, validation, swap."""
+    staging = restores["results"][1]["staging_file"]
+    live = tmp_path / "live.db"
+    conn = sqlite3.connect(live)
+    conn.execute("CREATE TABLE markers (id INTEGER PRIMARY KEY, committed_at REAL NOT NULL)")
+    conn.execute("INSERT INTO markers VALUES (999, 0)")
+    conn.commit()
+    conn.close()
+    backups = tmp_path / "pitr-backups"
+    backups.mkdir()
+    backup = run_backup({"engine": "sqlite", "database": staging, "backup_dir": str(backups)})
+    result = run_restore({"engine": "sqlite", "database": str(live), "backup_dir": str(backups)})
+    assert result["validation"]["ok"] is True, result
+    assert result["backup"]["name"] == os.path.basename(backup["path"])
+    assert marker_ids(live) == replicated["first"]
+    assert marker_ids(result["safety_copy"]) == [999]
 
 
 def test_a_target_without_a_zone_is_refused(restores):
