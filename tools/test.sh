@@ -92,7 +92,7 @@ main() {
   for name in "${failed_stages[@]}"; do
     log "why stage $name failed (the lines that name an error, then its last lines; all of it: $stage_logs/$name.log)"
     sed 's/\x1b\[[0-9;]*[A-Za-z]//g' "$stage_logs/$name.log" |
-      grep -a -E 'FAILED|fatal:|ERROR|Error|assert|Traceback' | tail -n 40
+      grep -a -i -E 'failed|fatal:|error|assert|traceback' | tail -n 40
     sed 's/\x1b\[[0-9;]*[A-Za-z]//g' "$stage_logs/$name.log" | tail -n 15
   done
   [ $failed -eq 0 ] || log "failed stages: ${failed_stages[*]}"
