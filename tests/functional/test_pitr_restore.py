@@ -10,7 +10,6 @@ process's argv is watched while the playbook runs.
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -84,14 +83,6 @@ def run_restore(live, *extra):
     return proc, " ".join((proc.stdout + proc.stderr).split()), watcher
 
 
-def rows(path):
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return [row[0] for row in conn.execute("SELECT id FROM markers ORDER BY id")]
-    finally:
-        conn.close()
-
-
 def staging_dirs(live):
     return [name for name in os.listdir(live["root"] / "backups") if name.startswith(".pitr-restore-")]
 
@@ -104,13 +95,13 @@ def assert_no_secret(live, proc, watcher):
 
 
 def test_check_mode_names_the_replica_range_and_changes_nothing(live):
-    before = rows(live["repl"].db)
+    before = replication.marker_ids(live["repl"].db)
     proc, out, watcher = run_restore(live, "--check", "-e", f"restore_target_time={replication.iso(live['target'])}")
     assert proc.returncode == 0, out
     assert "Would restore" in out
     assert "from generation" in out
     assert "WAL segment(s)" in out
-    assert rows(live["repl"].db) == before
+    assert replication.marker_ids(live["repl"].db) == before
     assert staging_dirs(live) == []
     assert_no_secret(live, proc, watcher)
 
@@ -122,7 +113,7 @@ def test_a_target_before_the_replica_is_refused_with_the_range_and_the_database_
     assert proc.returncode != 0
     assert "is outside the reachable range" in out
     assert sorted(os.listdir(live["root"] / "data")) == before
-    assert rows(live["repl"].db) == live["first"] + live["second"]
+    assert replication.marker_ids(live["repl"].db) == live["first"] + live["second"]
     assert staging_dirs(live) == [], "the staging dir outlived the refusal"
     assert_no_secret(live, proc, watcher)
 
@@ -131,11 +122,11 @@ def test_a_restore_to_t_puts_back_exactly_the_rows_up_to_t_and_keeps_a_safety_co
     target = replication.iso(live["target"])
     proc, out, watcher = run_restore(live, "-vvv", "-e", "restore_confirm=true", "-e", f"restore_target_time={target}")
     assert proc.returncode == 0, out
-    assert rows(live["repl"].db) == live["first"]
+    assert replication.marker_ids(live["repl"].db) == live["first"]
     # The safety copy, beside the WAL it had (moved aside with it).
     safety = [name for name in os.listdir(live["root"] / "data") if re.search(r"\.pre-restore-\d{8}_\d{6}$", name)]
     assert len(safety) == 1
-    assert rows(live["root"] / "data" / safety[0]) == live["first"] + live["second"]
+    assert replication.marker_ids(live["root"] / "data" / safety[0]) == live["first"] + live["second"]
     assert staging_dirs(live) == [], "the staging dir outlived the restore"
     assert any(b"restore.yml" in argv for argv in watcher.seen), "the watcher saw the run"
     assert_no_secret(live, proc, watcher)
