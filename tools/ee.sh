@@ -50,12 +50,21 @@ ensure_base_image() {
   podman tag "$base_image" localhost/tradingbot-ee-base:latest
 }
 
-# One pin for ansible-core: the EE's must be the dev toolchain's.
-check_pins() {
-  local dev ee
+# One pin for ansible-core, the EE's and the dev toolchain's; and every collection that
+# galaxy.yml depends on is one that the EE definition installs.
+check_definition() {
+  local dev ee missing
   dev=$(grep -oE '^ansible-core==[^ ]+' "$repo/requirements-dev.txt")
   ee=$(grep -oE 'ansible-core==[^ "]+' "$ee_definition")
   [ "$dev" = "$ee" ] || die "meta/execution-environment.yml pins $ee but requirements-dev.txt pins $dev"
+  missing=$("$venv/bin/python" -c '
+import sys, yaml
+needed = yaml.safe_load(open(sys.argv[1]))["dependencies"]
+listed = {entry["name"].removeprefix("collections/").removesuffix(".tar.gz").replace("-", ".", 1)
+          for entry in yaml.safe_load(open(sys.argv[2]))["dependencies"]["galaxy"]["collections"]}
+print(" ".join(sorted(set(needed) - listed)))
+' "$repo/galaxy.yml" "$ee_definition")
+  [ -z "$missing" ] || die "galaxy.yml depends on $missing, which meta/execution-environment.yml does not install"
 }
 
 # pack_installed_collection NAMESPACE.NAME DIR: an artifact, built with ansible-galaxy, of the
@@ -121,7 +130,7 @@ for path in sorted(filter(None, sys.stdin.read().split("\0"))):
 
 ensure_ee_image() {
   local context started
-  check_pins
+  check_definition
   ensure_base_image
   ee_image="localhost/tradingbot-ee:$(ee_key)"
   if podman image exists "$ee_image"; then

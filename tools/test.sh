@@ -18,6 +18,7 @@ use_toolchain
 passed=0
 failed=0
 failed_stages=()
+stage_times=()
 # Each stage's whole output, so that a failure's cause survives a long run's scrollback.
 stage_logs="$repo/.pytest_cache/stage-logs"
 rm -rf "$stage_logs" && mkdir -p "$stage_logs"
@@ -37,6 +38,7 @@ stage() {
     failed_stages+=("$name")
     log "stage $name FAILED with exit $rc ($((SECONDS - started)) s)"
   fi
+  stage_times+=("$(printf '%6d s  %-6s %s' $((SECONDS - started)) "$([ $rc -eq 0 ] && echo passed || echo FAILED)" "$name")")
 }
 
 run_lint() {
@@ -95,6 +97,8 @@ main() {
       grep -a -i -E 'failed|fatal:|error|assert|traceback' | tail -n 40
     sed 's/\x1b\[[0-9;]*[A-Za-z]//g' "$stage_logs/$name.log" | tail -n 15
   done
+  log "stage times (the whole run, set-up included: $SECONDS s)"
+  printf '%s\n' "${stage_times[@]}"
   [ $failed -eq 0 ] || log "failed stages: ${failed_stages[*]}"
   echo "suite: $passed passed, $failed failed"
   [ $failed -eq 0 ]
