@@ -324,29 +324,34 @@ def test_the_hosts_credentials_cannot_delete_or_overwrite_a_locked_copy(s3, keys
 def test_retention_never_deletes_a_locked_copy_and_deletes_it_once_unlocked(s3, keys, app_db, tmp_path):
     backup_dir = tmp_path / "backups"
     paths = backups_aged(app_db, backup_dir, [1, 2, 3])
-    lock_seconds = 4
-    opts = options(
-        s3,
-        backup_dir,
-        keys["good"]["recipient"],
-        tmp_path,
-        object_lock_days=lock_seconds / 86400,
-    )
-    started = time.time()
-    assert len(run_copy(opts)["copied"]) == 4
-    keep_two = {**opts, "retention_days": 0, "retention_daily": 2, "retention_weekly": 0, "retention_monthly": 0}
-    result = run_copy(keep_two)
     old = sorted(os.path.basename(p) for p in paths[2:])
-    assert result["deleted"] == [] and sorted(result["locked"]) == old
-    assert len(storage_for(opts).list()) == 8
-    time.sleep(max(0, started + lock_seconds + 1 - time.time()))
-    result = run_copy(keep_two)
-    assert sorted(result["deleted"]) == old and result["locked"] == [] and result["copied"] == []
-    remaining = {offsite_config.backup_name_of(info.key) for info in storage_for(opts).list()}
+    keep_two = {"retention_days": 0, "retention_daily": 2, "retention_weekly": 0, "retention_monthly": 0}
+
+    # Locked for a day: retention drops the two old copies but sends no delete, also once the
+    # setting is lowered to a second, when only the store's own retain-until date can tell.
+    locked = options(s3, backup_dir, keys["good"]["recipient"], tmp_path, s3_prefix="locked")
+    assert len(run_copy(locked)["copied"]) == 4
+    for lock_days in (1, 1 / 86400):
+        time.sleep(1.5 if lock_days < 1 else 0)
+        result = run_copy({**locked, **keep_two, "object_lock_days": lock_days})
+        assert result["deleted"] == [] and sorted(result["locked"]) == old, result
+    assert len(storage_for(locked).list()) == 8
+
+    # Locked for 3 s: once every copy's lock has run out, the same retention deletes the two.
+    lock_seconds = 3
+    expiring = options(
+        s3, backup_dir, keys["good"]["recipient"], tmp_path, s3_prefix="expiring", object_lock_days=lock_seconds / 86400
+    )
+    assert len(run_copy(expiring)["copied"]) == 4
+    newest_write = max(info.mtime for info in storage_for(expiring).list())
+    time.sleep(max(0, newest_write + lock_seconds + 1 - time.time()))
+    result = run_copy({**expiring, **keep_two})
+    assert sorted(result["deleted"]) == old and result["locked"] == [] and result["copied"] == [], result
+    remaining = {offsite_config.backup_name_of(info.key) for info in storage_for(expiring).list()}
     assert remaining == {os.path.basename(p) for p in paths[:2]}
     assert (
         s3_client(s3["server"], seaweedfs.ADMIN)
-        .list_object_versions(Bucket=s3["bucket"], Prefix="app1/" + old[0])
+        .list_object_versions(Bucket=s3["bucket"], Prefix="expiring/" + old[0])
         .get("Versions")
         is None
     ), "every version of a dropped copy is gone"
