@@ -16,7 +16,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# The shared renderer in tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import role_render
 import seaweedfs
+from role_render import REPO, ROLES, role_var_files
 
 # The store, a locked bucket per test, the age keys and a real database: test_offsite's fixtures.
 from test_offsite import (  # noqa: F401  # pylint: disable=unused-import  # fixtures
@@ -30,64 +34,38 @@ from test_offsite import (  # noqa: F401  # pylint: disable=unused-import  # fix
     tools,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-ROLES = REPO / "roles"
-ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
-
 
 def render_role(out, extra_vars):
     """offsite.json and the credential's content, from the role's template and variables."""
-    roles = ("tradingbot", "tradingbot_offsite")
-    var_files = [str(ROLES / role / kind / "main.yml") for role in roles for kind in ("defaults", "vars")]
-    play = [
-        {
-            "name": "Render the off-site files",
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars_files": var_files,
-            "tasks": [
-                {
-                    "name": "Render the configuration",
-                    "ansible.builtin.template": {
-                        "src": str(ROLES / "tradingbot_offsite" / "templates" / "offsite.json.j2"),
-                        "dest": str(out / "offsite.json"),
-                        "mode": "0640",
-                    },
-                },
-                {
-                    "name": "Write the credential",
-                    "ansible.builtin.copy": {
-                        "content": "{{ __tradingbot_offsite_credential_content }}",
-                        "dest": str(out / "credentials" / "offsite-s3"),
-                        "mode": "0400",
-                    },
-                    "no_log": True,
-                },
-                {
-                    "name": "Show the problems the role would report",
-                    "ansible.builtin.copy": {
-                        "content": "{{ __tradingbot_offsite_problems | to_json }}",
-                        "dest": str(out / "problems.json"),
-                        "mode": "0600",
-                    },
-                },
-            ],
-        }
-    ]
     (out / "credentials").mkdir(mode=0o700, parents=True)
-    (out / "play.yml").write_text(json.dumps(play))
-    (out / "vars.json").write_text(json.dumps({"ansible_python_interpreter": sys.executable, **extra_vars}))
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    result = subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-e", f"@{out / 'vars.json'}", str(out / "play.yml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out
+    tasks = [
+        {
+            "name": "Render the configuration",
+            "ansible.builtin.template": {
+                "src": str(ROLES / "tradingbot_offsite" / "templates" / "offsite.json.j2"),
+                "dest": str(out / "offsite.json"),
+                "mode": "0640",
+            },
+        },
+        {
+            "name": "Write the credential",
+            "ansible.builtin.copy": {
+                "content": "{{ __tradingbot_offsite_credential_content }}",
+                "dest": str(out / "credentials" / "offsite-s3"),
+                "mode": "0400",
+            },
+            "no_log": True,
+        },
+        {
+            "name": "Show the problems the role would report",
+            "ansible.builtin.copy": {
+                "content": "{{ __tradingbot_offsite_problems | to_json }}",
+                "dest": str(out / "problems.json"),
+                "mode": "0600",
+            },
+        },
+    ]
+    return role_render.render(out, role_var_files("tradingbot", "tradingbot_offsite"), tasks, extra_vars)
 
 
 @pytest.mark.skipif(not os.path.exists(HOST_PYTHON), reason="needs the hosts' /usr/bin/python3")

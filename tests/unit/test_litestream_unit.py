@@ -10,25 +10,22 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from ansible_collections.tradingbot.ops.plugins.module_utils import litestream
 
+# The shared renderer in tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import role_render
+from role_render import ROLES, content_task, role_var_files, template_task
+
 sys.path.insert(0, os.path.dirname(__file__))
 
 from test_unit_hardening import directives, exposure, failing_checks, run_validate
 
-REPO = Path(__file__).resolve().parents[2]
-ROLES = REPO / "roles"
-ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
-VAR_FILES = [
-    str(ROLES / role / kind / "main.yml")
-    for role in ("tradingbot", "tradingbot_litestream")
-    for kind in ("defaults", "vars")
-]
+VAR_FILES = role_var_files("tradingbot", "tradingbot_litestream")
 TEMPLATES = {
     "tradingbot-litestream.service": "tradingbot-litestream.service.j2",
     "tradingbot-litestream-metrics.service": "tradingbot-litestream-metrics.service.j2",
@@ -57,42 +54,13 @@ pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason=
 
 
 def render(out, extra_vars):
-    out.mkdir(parents=True, exist_ok=True)
-    # The shared sandbox block, found on the template search path as the units entry point finds it.
-    (out / "templates").symlink_to(ROLES / "tradingbot" / "templates")
-    items = [
+    templates = [
         {"src": str(ROLES / "tradingbot_litestream" / "templates" / src), "dest": str(out / name)}
         for name, src in TEMPLATES.items()
     ]
-    items.append({"content": "{{ __tradingbot_verify_unit }}", "dest": str(out / "verify_unit.cmd")})
-    play = [
-        {
-            "name": "Render the role's files",
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars_files": VAR_FILES,
-            "tasks": [
-                {
-                    "name": "Render the templates",
-                    "ansible.builtin.template": {"src": "{{ item.src }}", "dest": "{{ item.dest }}", "mode": "0600"},
-                    "loop": [i for i in items if "src" in i],
-                },
-                {
-                    "name": "Write the validate command",
-                    "ansible.builtin.copy": {
-                        "content": "{{ item.content }}",
-                        "dest": "{{ item.dest }}",
-                        "mode": "0600",
-                    },
-                    "loop": [i for i in items if "content" in i],
-                },
-            ],
-        }
-    ]
-    (out / "play.yml").write_text(json.dumps(play))
+    command = [{"content": "{{ __tradingbot_verify_unit }}", "dest": str(out / "verify_unit.cmd")}]
+    tasks = [template_task("Render the templates", templates), content_task("Write the validate command", command)]
     base_vars = {
-        "ansible_python_interpreter": sys.executable,
         "tradingbot_offsite_enabled": True,
         "tradingbot_offsite_recipient": RECIPIENT,
         "tradingbot_offsite_s3_bucket": "copies",
@@ -102,17 +70,7 @@ def render(out, extra_vars):
         # What slurp returns for the host's key file.
         "__tradingbot_litestream_key_file": {"content": base64.b64encode(HOST_KEY_FILE.encode()).decode()},
     }
-    (out / "vars.json").write_text(json.dumps({**base_vars, **extra_vars}))
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    result = subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-e", f"@{out / 'vars.json'}", str(out / "play.yml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out
+    return role_render.render(out, VAR_FILES, tasks, {**base_vars, **extra_vars})
 
 
 @pytest.fixture(scope="module")

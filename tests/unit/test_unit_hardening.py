@@ -20,22 +20,20 @@ import pytest
 from ansible_collections.tradingbot.ops.plugins.module_utils.offsite_config import OFFSITE_OPTIONS, parse_options
 from ansible_collections.tradingbot.ops.plugins.module_utils.options import BACKUP_OPTIONS
 
-REPO = Path(__file__).resolve().parents[2]
-ROLES = REPO / "roles"
-ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+# The shared renderer in tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import role_render
+from role_render import REPO, ROLES, content_task, role_var_files, template_task
+
 # The roles' variables, as each role sees them (its own plus the shared role's).
-VAR_FILES = [
-    str(ROLES / role / kind / "main.yml")
-    for role in (
-        "tradingbot",
-        "tradingbot_service",
-        "tradingbot_backup",
-        "tradingbot_recovery_drill",
-        "tradingbot_logrotate",
-        "tradingbot_offsite",
-    )
-    for kind in ("defaults", "vars")
-]
+VAR_FILES = role_var_files(
+    "tradingbot",
+    "tradingbot_service",
+    "tradingbot_backup",
+    "tradingbot_recovery_drill",
+    "tradingbot_logrotate",
+    "tradingbot_offsite",
+)
 TEMPLATES = {
     "tradingbot.service": "tradingbot_service/templates/tradingbot.service.j2",
     "tradingbot-backup.service": "tradingbot_backup/templates/tradingbot-backup.service.j2",
@@ -77,49 +75,10 @@ pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason=
 
 def render(out, extra_vars):
     """Render every template and validate command into `out` with ansible-playbook."""
-    out.mkdir(parents=True, exist_ok=True)
-    # The play's own templates/ dir is on the template search path: there the units find the
-    # shared sandbox block, as they do through the shared role's `units` entry point.
-    (out / "templates").symlink_to(ROLES / "tradingbot" / "templates")
-    items = [{"src": str(ROLES / src), "dest": str(out / name)} for name, src in TEMPLATES.items()]
-    items += [{"content": f"{{{{ {var} }}}}", "dest": str(out / name)} for name, var in COMMANDS.items()]
-    play = [
-        {
-            "name": "Render the roles' files",
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars_files": VAR_FILES,
-            "tasks": [
-                {
-                    "name": "Render the templates",
-                    "ansible.builtin.template": {"src": "{{ item.src }}", "dest": "{{ item.dest }}", "mode": "0600"},
-                    "loop": [i for i in items if "src" in i],
-                },
-                {
-                    "name": "Write the validate commands",
-                    "ansible.builtin.copy": {
-                        "content": "{{ item.content }}",
-                        "dest": "{{ item.dest }}",
-                        "mode": "0600",
-                    },
-                    "loop": [i for i in items if "content" in i],
-                },
-            ],
-        }
-    ]
-    (out / "play.yml").write_text(json.dumps(play))
-    (out / "vars.json").write_text(json.dumps({"ansible_python_interpreter": sys.executable, **extra_vars}))
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    result = subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-e", f"@{out / 'vars.json'}", str(out / "play.yml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out
+    templates = [{"src": str(ROLES / src), "dest": str(out / name)} for name, src in TEMPLATES.items()]
+    commands = [{"content": f"{{{{ {var} }}}}", "dest": str(out / name)} for name, var in COMMANDS.items()]
+    tasks = [template_task("Render the templates", templates), content_task("Write the validate commands", commands)]
+    return role_render.render(out, VAR_FILES, tasks, extra_vars)
 
 
 def exposure(unit, threshold):
