@@ -48,7 +48,7 @@ class _Run:
             "engine": engine,
             "target": target,
             "backup": None,
-            "skipped": [],
+            "passed_over": [],
             "safety_copy": None,
             "validation": {"ok": None, "checks": {}},
             "rolled_back": False,
@@ -114,7 +114,7 @@ def _try_candidates(run, opts, candidates, attempt, *, log, check_mode=False):
     """Run ``attempt(path, manifest)`` on each candidate until one passes pre-flight; return its value.
 
     A named backup that fails is refused. With "latest", each backup that fails is skipped,
-    named in ``result["skipped"]`` and in the log, and the next older one is tried.
+    named in ``result["passed_over"]`` and in the log, and the next older one is tried.
     """
     for path, manifest in candidates:
         run.result["backup"] = manifest.describe(path)
@@ -125,11 +125,11 @@ def _try_candidates(run, opts, candidates, attempt, *, log, check_mode=False):
         except PreflightError as exc:
             if opts["backup_file"]:
                 raise
-            run.result["skipped"].append({"name": run.result["backup"]["name"], "reason": str(exc)})
+            run.result["passed_over"].append({"name": run.result["backup"]["name"], "reason": str(exc)})
             run.result["validation"] = {"ok": None, "checks": {}}
             run.step(f"skipped {path}: {exc}")
             log("WARNING", f"restore skipped {path}: {exc}")
-    reasons = "; ".join(f"{skip['name']}: {skip['reason']}" for skip in run.result["skipped"])
+    reasons = "; ".join(f"{skip['name']}: {skip['reason']}" for skip in run.result["passed_over"])
     problem = f"no {opts['engine']} backup in {opts['backup_dir']} passes pre-flight ({reasons})"
     if check_mode:
         raise BackupError(problem)  # reported as "would be refused"

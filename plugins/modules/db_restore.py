@@ -55,7 +55,7 @@ options:
         O(backup_dir). Anything that leaves the directory, a symlink, or a file without its manifest is
         refused, except a backup of the original system with O(allow_legacy=true).
       - When omitted, the newest verified backup that passes pre-flight (SHA-256 and a full decode) is
-        restored. Each newer backup that fails is skipped and named in RV(skipped) and the log.
+        restored. Each newer backup that fails is passed over and named in RV(passed_over) and the log.
     type: str
     version_added: 0.1.0
   allow_legacy:
@@ -187,7 +187,7 @@ backup:
     legacy: false
     status: verified
     tables: {trades: 1200}
-skipped:
+passed_over:
   description:
     - Without O(backup_file), the newer backups that failed pre-flight and were passed over, newest first,
       each with its C(name) and the C(reason).

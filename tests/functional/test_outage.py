@@ -118,8 +118,8 @@ def test_a_damaged_newest_backup_makes_latest_restore_the_one_before(live):
     result = restore.restore_sqlite(live["db"], live["backup_dir"], log_file=live["log"])
 
     assert result["backup"]["path"] == before
-    assert [skip["name"] for skip in result["skipped"]] == [os.path.basename(newest)]
-    assert "fails pre-flight" in result["skipped"][0]["reason"] or "unreadable" in result["skipped"][0]["reason"]
+    assert [skip["name"] for skip in result["passed_over"]] == [os.path.basename(newest)]
+    assert "fails pre-flight" in result["passed_over"][0]["reason"] or "unreadable" in result["passed_over"][0]["reason"]
     assert sqlite_content_digest(live["db"]) == expected
     with open(live["log"], encoding="utf-8") as handle:
         log = handle.read()
@@ -246,7 +246,7 @@ def test_a_damaged_newest_pg_dump_makes_latest_restore_the_one_before(postgres_c
     result = restore.restore_postgresql(params, str(tmp_path))
 
     assert result["backup"]["path"] == before
-    assert [skip["name"] for skip in result["skipped"]] == [os.path.basename(newest)]
+    assert [skip["name"] for skip in result["passed_over"]] == [os.path.basename(newest)]
     assert pg_content_digest(params) == expected
     postgres_cluster.drop_database(result["safety_copy"])
     postgres_cluster.drop_database("fallback_pg")
