@@ -11,9 +11,11 @@
 #            `ansible-navigator run --ee true`, check that the service is active and /health
 #            answers, then run site.yml again and require that it changes nothing. A passed
 #            test removes the target; a failed one leaves it running for a look.
+#   images   only the two debootstrapped images, base and target, side by side (tools/test.sh
+#            makes them in the background while lint and pytest run).
 #   destroy  remove the target host and the network.
 #
-# Usage: tools/ee.sh [build|test|destroy]     (default: test)
+# Usage: tools/ee.sh [build|test|images|destroy]     (default: test)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -167,8 +169,12 @@ ensure_mqueue() {
   mount -t mqueue mqueue /dev/mqueue
 }
 
-start_target() {
+ensure_target_image() {
   ensure_image "$suite" "$target_image" "$image_packages,openssh-server"
+}
+
+start_target() {
+  ensure_target_image
   podman network exists "$network" || podman network create "$network" >/dev/null
   podman rm -f "$target" >/dev/null 2>&1 || true
   log "starting $target on network $network"
@@ -246,6 +252,10 @@ test_ee() {
 main() {
   local command=${1:-test}
   case $command in
+    images)
+      command -v podman >/dev/null || die "podman is missing: run tools/bootstrap.sh first"
+      in_parallel ensure_base_image ensure_target_image
+      ;;
     build | test)
       command -v podman >/dev/null || die "podman is missing: run tools/bootstrap.sh first"
       # The path bootstrap prints, not the shared symlink, which another checkout may repoint.
@@ -258,7 +268,7 @@ main() {
       podman network rm "$network" >/dev/null 2>&1 || true
       log "removed $target and network $network"
       ;;
-    *) die "unknown command '$command' (build, test, destroy)" ;;
+    *) die "unknown command '$command' (build, test, images, destroy)" ;;
   esac
 }
 

@@ -66,21 +66,50 @@ molecule_scenarios() {
   fi
 }
 
+# The images are built in the background from the start (see main), beside lint and pytest:
+# a cold build waits mostly on the mirror and the disk. This stage waits for it and shows its log.
+images_pid=
+start_images() {
+  [ -z "$images_pid" ] || return 0
+  { bash tools/test-hosts.sh && bash tools/ee.sh images; } >"$stage_logs/images.bg" 2>&1 &
+  images_pid=$!
+}
+
+# wait_images: sets images_rc; a stage runs in a pipeline's subshell, which cannot wait.
+images_rc=
+wait_images() {
+  local started=$SECONDS
+  [ -z "$images_rc" ] || return 0
+  start_images
+  images_rc=0
+  wait "$images_pid" || images_rc=$?
+  echo "==> waited $((SECONDS - started)) s for the background image build" >>"$stage_logs/images.bg"
+}
+
+show_images_log() {
+  cat "$stage_logs/images.bg"
+  return "$images_rc"
+}
+
 run_molecule() {
   local scenario
-  stage test-hosts bash tools/test-hosts.sh
+  wait_images
+  stage test-hosts show_images_log
   for scenario in $(molecule_scenarios); do
     stage "molecule-$scenario" molecule test -s "$scenario"
   done
 }
 
 run_ee() {
+  # Not two builders of one image at once; ee.sh builds what the background job could not.
+  [ -z "$images_pid" ] || wait_images
   stage execution-environment bash tools/ee.sh test
 }
 
 main() {
   local stages=("$@") name
   [ ${#stages[@]} -gt 0 ] || stages=(lint sanity pytest molecule ee)
+  [[ " ${stages[*]} " != *" molecule "* && " ${stages[*]} " != *" ee "* ]] || start_images
   for name in "${stages[@]}"; do
     case $name in
       lint) run_lint ;;
