@@ -205,8 +205,11 @@ def sqlite_rpo(args, rng, work, store, keys):
     repl = test_litestream.Replication(root, store, "bench-rpo", keys)
     interval = float(repl.replica["sync_interval"].rstrip("s"))
     repl.start()
-    acks, samples, windows = [], [], []
+    samples, windows = [], []
     try:
+        # A replicated marker before the load: the newest restored commit when none of the load is.
+        repl.wait_replicated(repl.write(1))
+        acks = list(repl.conn.execute("SELECT id, committed_at FROM markers"))
         for kill in range(args.kills):
             writer = Writer("sqlite", repl.db, args.rate)
             pid = repl.process.pid
@@ -376,6 +379,10 @@ def pg_rpo(args, rng, stack):
     acks, samples, windows = [], [], []
     psql = os.path.join(cluster.bin_dir, "psql")
     for kill in range(args.kills):
+        # An archived marker before the load: the newest restored commit when none of the load is.
+        marker = cluster.psql("INSERT INTO marks (note) VALUES ('archived') RETURNING id, extract(epoch FROM now())")
+        acks.append((int(marker.split("|")[0]), float(marker.split("|")[1])))
+        stack.pgbackrest("check")
         writer = Writer("postgresql", psql, cluster.socket_dir, cluster.port, postgres.DATABASE, args.rate)
         archiver = archiver_pid(cluster)
         server = postmaster_pid(cluster)
@@ -393,7 +400,6 @@ def pg_rpo(args, rng, stack):
         windows.append(window)
         harness.log(f"postgresql kill {kill + 1}/{args.kills}: RPO {sample['rpo_s']:.2f} s, {sample['lost']} lost")
         pg_ctl(cluster, "-w", "-t", "300", "start")
-        stack.pgbackrest("check")  # everything archived again before the next load
     return samples, windows, interval
 
 
@@ -439,6 +445,14 @@ done
         for path in glob.glob(f"{data}.pre-pitr-*"):
             shutil.rmtree(path)
 
+    def prepare():
+        """Untimed: drop the last safety copy; commit on the current timeline and archive it.
+        pg_pitr refuses a target after the newest archived commit of the newest timeline, and
+        right after a restore to T that commit is the last one before T."""
+        clear()
+        stack.mark("pitr-later")
+        stack.pgbackrest("check")
+
     def plain():
         argv = ["runuser", "-u", "postgres", "--", "sh", "-c", script, "plain-pitr", target]
         sample = harness.run_command(argv, cwd="/")
@@ -452,7 +466,7 @@ done
 
     print(f"postgresql: restore to {target} of a {size:.0f} MiB database (pgbench scale {scale}, {expected} markers)")
     plain_name, ours_name = "pgbackrest restore --type=time", "pg_pitr"
-    sides = [harness.Side(plain_name, plain, prepare=clear), harness.Side(ours_name, ours, prepare=clear)]
+    sides = [harness.Side(plain_name, plain, prepare=prepare), harness.Side(ours_name, ours, prepare=prepare)]
     try:
         return harness.alternate(sides, pairs=args.pairs, warmup=args.warmup), plain_name, ours_name
     finally:
@@ -487,7 +501,13 @@ def run_sqlite(args, rng, work, verdicts):
     verdicts.check("sqlite RPO s, worst of the kills", max(s["rpo_s"] for s in samples), RPO_TARGET_S["sqlite"])
 
 
-def run_postgresql(args, rng, verdicts):
+def run_postgresql(args, rng, work, verdicts):
+    # A lock path of its own: pgBackRest's default (/tmp/pgbackrest) is keyed by the stanza's name
+    # alone, and the functional tests use the same name. runuser and the server pass it on.
+    locks = work / "pgbackrest-lock"
+    locks.mkdir()
+    shutil.chown(locks, "postgres", "postgres")
+    os.environ["PGBACKREST_LOCK_PATH"] = str(locks)
     fixture = test_pgbackrest.stack.__wrapped__()  # the functional tests' stack, set up and torn down
     stack = next(fixture)
     try:
@@ -537,7 +557,7 @@ def main():
         if args.engine in ("sqlite", "both"):
             run_sqlite(args, rng, work, verdicts)
         if args.engine in ("postgresql", "both"):
-            run_postgresql(args, rng, verdicts)
+            run_postgresql(args, rng, work, verdicts)
     sys.exit(harness.finish(verdicts, harness.reproduce(__file__)))
 
 
