@@ -29,8 +29,10 @@ from . import pgbackrest_plan
 from .errors import RestoreError
 
 PITR_OPTIONS = {
+    "operation": {"type": "str", "choices": ["restore", "rollback"], "default": "restore"},
     "stanza": {"type": "str", "required": True},
-    "target_time": {"type": "str", "required": True},
+    "target_time": {"type": "str"},
+    "safety_copy": {"type": "path"},
     "data_dir": {"type": "path", "required": True},
     "database": {"type": "str", "default": "postgres"},
     "validate_tables": {"type": "list", "elements": "str", "default": []},
@@ -44,6 +46,7 @@ PITR_OPTIONS = {
     "archive_mode": {"type": "str", "choices": ["preserve", "off"], "default": "preserve"},
     "recovery_timeout": {"type": "int", "default": 600},
 }
+PITR_REQUIRED_IF = [("operation", "restore", ["target_time"]), ("operation", "rollback", ["safety_copy"])]
 _COMMIT = re.compile(r"desc: COMMIT (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
 # How far back from the newest archived segment to look for the newest commit.
 _COMMIT_SEARCH_SEGMENTS = 32
@@ -262,12 +265,39 @@ def run_pitr(params, check_mode=False):
     return result
 
 
+def run_rollback(params, check_mode=False):
+    """Put back the safety copy of an earlier, successful restore (its service failed after it).
+
+    The restored data directory is kept beside it as ``<data_dir>.failed-pitr-<stamp>``.
+    """
+    cluster = Cluster(params)
+    data_dir = params["data_dir"].rstrip("/")
+    safety_copy = params["safety_copy"].rstrip("/")
+    if os.path.dirname(safety_copy) != os.path.dirname(data_dir) or not os.path.basename(safety_copy).startswith(
+        os.path.basename(data_dir) + ".pre-pitr-"
+    ):
+        raise RestoreError(f"safety_copy {safety_copy} is not a <data_dir>.pre-pitr-<stamp> of {data_dir}")
+    if not os.path.isdir(safety_copy):
+        raise RestoreError(f"safety_copy {safety_copy} is not a directory; nothing was touched")
+    result = {"changed": True, "safety_copy": safety_copy, "failed_restore": _failed_name(safety_copy)}
+    if check_mode:
+        return result
+    rollback(cluster, data_dir, safety_copy)
+    wait_for_promotion(cluster, params["recovery_timeout"])
+    result["rolled_back"] = True
+    return result
+
+
+def _failed_name(safety_copy):
+    return safety_copy.replace(".pre-pitr-", ".failed-pitr-")
+
+
 def rollback(cluster, data_dir, safety_copy):
     """Put the safety copy back in place and start it; the failed restore is kept beside it."""
     with contextlib.suppress(RestoreError):  # not running
         cluster.server("stop")
     if os.path.exists(data_dir):
-        os.rename(data_dir, safety_copy.replace(".pre-pitr-", ".failed-pitr-"))
+        os.rename(data_dir, _failed_name(safety_copy))
     os.rename(safety_copy, data_dir)
     cluster.server("start")
     return True
