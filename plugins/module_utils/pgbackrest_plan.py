@@ -62,7 +62,13 @@ def parse_target(text):
     except ValueError:
         raise RestoreError(f"target_time {text!r} is neither 'latest' nor an ISO 8601 time") from None
     if value.tzinfo is None:
-        raise RestoreError(f"target_time {text!r} has no time zone; add one, for example +00")
+        hint = ""
+        if len(text.strip()) == 10:  # a date alone: `-e key=2026-12-01 10:15:00+00` split at the space
+            hint = (
+                "; on the command line, quote the value inside the argument"
+                """ (-e 'restore_target_time="2026-12-01 10:15:00+00"') or write a T (2026-12-01T10:15:00+00)"""
+            )
+        raise RestoreError(f"target_time {text!r} has no time zone; add one, for example +00{hint}")
     return value
 
 

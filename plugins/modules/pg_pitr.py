@@ -40,10 +40,10 @@ options:
   operation:
     description:
       - V(restore) restores O(target_time).
-      - V(rollback) undoes an earlier restore that succeeded but whose service failed afterwards (the role
+      - "V(rollback) undoes an earlier restore that succeeded but whose service failed afterwards (the role
         C(tradingbot.ops.tradingbot_restore) does this when the application's health check fails): it stops the
         server, moves the restored data directory aside as C(<data_dir>.failed-pitr-<stamp>), puts
-        O(safety_copy) back as O(data_dir), starts the server and waits until it accepts queries.
+        O(safety_copy) back as O(data_dir), starts the server and waits until it accepts queries."
     type: str
     choices: [restore, rollback]
     default: restore

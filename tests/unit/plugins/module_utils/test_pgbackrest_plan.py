@@ -43,6 +43,9 @@ def test_targets():
         plan.parse_target("2026-12-01 10:15:00")
     with pytest.raises(RestoreError, match="neither"):
         plan.parse_target("yesterday")
+    # What `-e restore_target_time=2026-12-01 10:15:00+00` leaves after the shell: the hint says how to quote.
+    with pytest.raises(RestoreError, match="quote the value inside the argument"):
+        plan.parse_target("2026-12-01")
 
 
 def test_segments_and_history():
