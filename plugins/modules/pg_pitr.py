@@ -32,7 +32,7 @@ attributes:
     description:
       - Plans and refuses exactly as a real run, and changes nothing; RV(plan) names the backup and the WAL range.
       - A real run first asks the running server to archive its current WAL (C(pgbackrest check)); check mode
-        does not, so its range may end a little earlier.
+        does not (unless O(archive_current)), so its range may end a little earlier.
   diff_mode:
     support: none
     description: Returns no diff; RV(plan) says what would be restored.
@@ -125,6 +125,14 @@ options:
     type: str
     choices: [preserve, "off"]
     default: preserve
+    version_added: 0.2.0
+  archive_current:
+    description:
+      - In check mode too, first ask the running server to archive its current WAL (C(pgbackrest check), a WAL
+        switch: no data changes), so that the plan reaches the newest commit as a real run's does. The role
+        C(tradingbot.ops.tradingbot_restore) sets it for the plan it confirms before a real run.
+    type: bool
+    default: false
     version_added: 0.2.0
   recovery_timeout:
     description: Seconds to wait for the restored server to finish recovery and promote.

@@ -12,10 +12,12 @@ output (module arguments and results) is searched for them.
 The tests run in file order on one stack (test_pgbackrest's fixture, a fresh one for this file).
 """
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,40 @@ def run_restore(live, *extra):
         proc = subprocess.run(argv, env=ansible_env(), capture_output=True, text=True, check=False, timeout=1800)
     live["runs"].append((proc.stdout + proc.stderr, lines.seen))
     return proc, " ".join((proc.stdout + proc.stderr).split())
+
+
+class UnhealthyApp:
+    """A health endpoint that answers 500, after writing to the restored cluster as an app would
+    and switching its WAL, so the restore's timeline has an archived segment when it is rolled back."""
+
+    def __init__(self, stack):
+        self.stack = stack
+        self.writes = 0
+        app = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                app.stack.cluster.psql("INSERT INTO marks (note) VALUES ('on-the-restore') ")
+                app.stack.cluster.psql("SELECT pg_switch_wal()")
+                app.stack.pgbackrest("check")  # waits until that segment is archived
+                app.writes += 1
+                self.send_response(500)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/health"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def target_time(value):
@@ -182,21 +218,23 @@ def test_a_failed_health_check_after_the_restore_puts_the_previous_cluster_back(
     target = stack.server_time()
     stack.mark("rollback-after")
     before = stack.notes()
-    proc, out = run_restore(
-        live,
-        "-e",
-        "restore_confirm=true",
-        "-e",
-        target_time(target),
-        "-e",
-        "restore_health_check=always",
-        "-e",
-        "tradingbot_health_url=http://127.0.0.1:9/health",  # the discard port: nothing answers
-        "-e",
-        "tradingbot_service_health_retries=1",
-        "-e",
-        "tradingbot_service_health_delay=0",
-    )
+    with UnhealthyApp(stack) as app:
+        proc, out = run_restore(
+            live,
+            "-e",
+            "restore_confirm=true",
+            "-e",
+            target_time(target),
+            "-e",
+            "restore_health_check=always",
+            "-e",
+            f"tradingbot_health_url={app.url}",
+            "-e",
+            "tradingbot_service_health_retries=1",
+            "-e",
+            "tradingbot_service_health_delay=0",
+        )
+    assert app.writes, "the health check reached the app"
     assert proc.returncode != 0
     assert "failed at 'Check the service's health'" in out or "failed at 'Wait for the health endpoint'" in out, out[
         -3000:
@@ -205,9 +243,24 @@ def test_a_failed_health_check_after_the_restore_puts_the_previous_cluster_back(
     assert stack.notes() == before, "the rows after T are back: the previous cluster is live"
     assert timeline(stack) == 3
     assert len(safety_copies(stack, "failed")) == 1
-    # Archiving goes on from the cluster that is live again.
+    # The abandoned restore archived WAL on its timeline 4: the archive's newest segment is there.
+    info = pgbackrest.pgbackrest_plan.stanza_info(json.loads(stack.pgbackrest("--output=json", "info")), "tradingbot")
+    assert pgbackrest.pgbackrest_plan.segment_timeline(info["archive"][-1]["max"]) == 4, info["archive"]
+
+
+def test_a_restore_after_the_rollback_follows_the_live_timeline(live):
+    # The rolled-back restore was promoted to timeline 4 and archived it; timeline 3 is live again
+    # and archives on. A restore to a time after the rollback must follow 3, not the abandoned 4.
+    stack = live["stack"]
     stack.mark("after-rollback")
-    stack.pgbackrest("check")
+    target = stack.server_time()
+    stack.mark("after-rollback-late")
+    before = stack.notes()
+    proc, out = run_restore(live, "-e", "restore_confirm=true", "-e", target_time(target))
+    assert proc.returncode == 0, out[-4000:]
+    assert "on timeline 3" in out, "the plan follows the live timeline"
+    assert stack.notes() == before[: before.index("after-rollback") + 1]
+    assert timeline(stack) == 5, "PostgreSQL skips the abandoned timeline 4"
 
 
 def test_no_secret_in_argv_or_in_the_verbose_output(live):
