@@ -129,7 +129,7 @@ options:
   archive_current:
     description:
       - In check mode too, first ask the running server to archive its current WAL (C(pgbackrest check), a WAL
-        switch: no data changes), so that the plan reaches the newest commit as a real run's does. The role
+        switch, which changes no data), so that the plan reaches the newest commit as a real run's does. The role
         C(tradingbot.ops.tradingbot_restore) sets it for the plan it confirms before a real run.
     type: bool
     default: false
