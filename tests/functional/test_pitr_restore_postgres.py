@@ -167,6 +167,18 @@ def test_check_mode_names_the_base_backup_and_the_wal_range_and_changes_nothing(
     assert data_dir_state(stack) == state
 
 
+def test_without_a_yes_the_restore_is_cancelled_and_nothing_changes(live):
+    # No terminal: the prompt gets no answer, which is not "yes".
+    stack = live["stack"]
+    before, state = stack.notes(), data_dir_state(stack)
+    proc, out = run_restore(live, "-e", target_time("latest"))
+    assert proc.returncode != 0
+    assert "Will restore latest" in out and "Not waiting for response to prompt" in out
+    assert "Restore cancelled; nothing was changed." in out
+    assert stack.notes() == before
+    assert data_dir_state(stack) == state
+
+
 def test_a_target_before_the_oldest_backup_is_refused_with_the_range_and_the_cluster_untouched(live):
     stack = live["stack"]
     before, state = stack.notes(), data_dir_state(stack)
