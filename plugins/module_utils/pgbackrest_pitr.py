@@ -29,8 +29,10 @@ from . import pgbackrest_plan
 from .errors import RestoreError
 
 PITR_OPTIONS = {
+    "operation": {"type": "str", "choices": ["restore", "rollback"], "default": "restore"},
     "stanza": {"type": "str", "required": True},
-    "target_time": {"type": "str", "required": True},
+    "target_time": {"type": "str"},
+    "safety_copy": {"type": "path"},
     "data_dir": {"type": "path", "required": True},
     "database": {"type": "str", "default": "postgres"},
     "validate_tables": {"type": "list", "elements": "str", "default": []},
@@ -43,7 +45,9 @@ PITR_OPTIONS = {
     "pgbackrest": {"type": "path", "default": "pgbackrest"},
     "archive_mode": {"type": "str", "choices": ["preserve", "off"], "default": "preserve"},
     "recovery_timeout": {"type": "int", "default": 600},
+    "archive_current": {"type": "bool", "default": False},
 }
+PITR_REQUIRED_IF = [("operation", "restore", ["target_time"]), ("operation", "rollback", ["safety_copy"])]
 _COMMIT = re.compile(r"desc: COMMIT (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
 # How far back from the newest archived segment to look for the newest commit.
 _COMMIT_SEARCH_SEGMENTS = 32
@@ -170,18 +174,44 @@ def newest_commit(cluster, newest_segment, directory):
     return None
 
 
+def live_segment(cluster, entry, db_id):
+    """The running cluster's current WAL segment, when it is the stanza's database; else None.
+
+    After a rollback the live cluster is on an older timeline than the one the abandoned restore
+    archived: its history, not the newest timeline's, is the one to follow. A cluster with another
+    system identifier (a new host's fresh one) says nothing about the archive.
+    """
+    if not cluster.running():
+        return None
+    row = cluster.psql(
+        "SELECT system_identifier, pg_is_in_recovery(), "
+        "CASE WHEN pg_is_in_recovery() THEN '' ELSE pg_walfile_name(pg_current_wal_lsn()) END "
+        "FROM pg_control_system()",
+        check=False,
+    )
+    fields = row.stdout.strip().split("|")
+    if row.returncode != 0 or len(fields) != 3 or fields[1] != "f":
+        return None
+    system_ids = {str(db.get("system-id")) for db in entry.get("db", []) if db["id"] == db_id}
+    return fields[2] if fields[0] in system_ids else None
+
+
 def plan_restore(cluster, target):
     entry = read_info(cluster)
-    _db_id, archive = pgbackrest_plan.current_archive(entry)
-    timeline = pgbackrest_plan.segment_timeline(archive["max"])
+    db_id, archive = pgbackrest_plan.current_archive(entry)
+    newest = archive["max"]
+    live = live_segment(cluster, entry, db_id)
+    if live and pgbackrest_plan.segment_timeline(live) != pgbackrest_plan.segment_timeline(newest):
+        newest = pgbackrest_plan.previous_segment(live) or live  # the current one is not archived yet
+    timeline = pgbackrest_plan.segment_timeline(newest)
     directory = tempfile.mkdtemp(prefix="pg-pitr-")
     try:
         shutil.chown(directory, cluster.params["os_user"])
         history = timeline_history(cluster, timeline, directory)
-        last_commit = newest_commit(cluster, archive["max"], directory)
+        last_commit = newest_commit(cluster, newest, directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    return pgbackrest_plan.make_plan(entry, target, last_commit, history)
+    return pgbackrest_plan.make_plan(entry, target, last_commit, history, newest_segment=newest)
 
 
 def restore_arguments(plan, params):
@@ -234,7 +264,7 @@ def run_pitr(params, check_mode=False):
     data_dir = params["data_dir"].rstrip("/")
     if not os.path.isdir(data_dir):
         raise RestoreError(f"data_dir {data_dir} is not a directory")
-    if not check_mode and cluster.running():
+    if (not check_mode or params["archive_current"]) and cluster.running():
         # Archive what the server has written so far (check switches WAL and waits for it).
         cluster.pgbackrest("check", check=False)
     plan = plan_restore(cluster, target)
@@ -262,12 +292,39 @@ def run_pitr(params, check_mode=False):
     return result
 
 
+def run_rollback(params, check_mode=False):
+    """Put back the safety copy of an earlier, successful restore (its service failed after it).
+
+    The restored data directory is kept beside it as ``<data_dir>.failed-pitr-<stamp>``.
+    """
+    cluster = Cluster(params)
+    data_dir = params["data_dir"].rstrip("/")
+    safety_copy = params["safety_copy"].rstrip("/")
+    if os.path.dirname(safety_copy) != os.path.dirname(data_dir) or not os.path.basename(safety_copy).startswith(
+        os.path.basename(data_dir) + ".pre-pitr-"
+    ):
+        raise RestoreError(f"safety_copy {safety_copy} is not a <data_dir>.pre-pitr-<stamp> of {data_dir}")
+    if not os.path.isdir(safety_copy):
+        raise RestoreError(f"safety_copy {safety_copy} is not a directory; nothing was touched")
+    result = {"changed": True, "safety_copy": safety_copy, "failed_restore": _failed_name(safety_copy)}
+    if check_mode:
+        return result
+    rollback(cluster, data_dir, safety_copy)
+    wait_for_promotion(cluster, params["recovery_timeout"])
+    result["rolled_back"] = True
+    return result
+
+
+def _failed_name(safety_copy):
+    return safety_copy.replace(".pre-pitr-", ".failed-pitr-")
+
+
 def rollback(cluster, data_dir, safety_copy):
     """Put the safety copy back in place and start it; the failed restore is kept beside it."""
     with contextlib.suppress(RestoreError):  # not running
         cluster.server("stop")
     if os.path.exists(data_dir):
-        os.rename(data_dir, safety_copy.replace(".pre-pitr-", ".failed-pitr-"))
+        os.rename(data_dir, _failed_name(safety_copy))
     os.rename(safety_copy, data_dir)
     cluster.server("start")
     return True

@@ -62,7 +62,13 @@ def parse_target(text):
     except ValueError:
         raise RestoreError(f"target_time {text!r} is neither 'latest' nor an ISO 8601 time") from None
     if value.tzinfo is None:
-        raise RestoreError(f"target_time {text!r} has no time zone; add one, for example +00")
+        hint = ""
+        if len(text.strip()) == 10:  # a date alone: `-e key=2026-12-01 10:15:00+00` split at the space
+            hint = (
+                "; on the command line, quote the value inside the argument"
+                """ (-e 'restore_target_time="2026-12-01 10:15:00+00"') or write a T (2026-12-01T10:15:00+00)"""
+            )
+        raise RestoreError(f"target_time {text!r} has no time zone; add one, for example +00{hint}")
     return value
 
 
@@ -109,14 +115,17 @@ def stop_time(backup):
     return datetime.datetime.fromtimestamp(backup["timestamp"]["stop"], UTC)
 
 
-def make_plan(entry, target, last_commit, history):
+def make_plan(entry, target, last_commit, history, newest_segment=None):
     """The restore's plan for ``target`` (None: latest), or a RestoreError naming the reachable range.
 
-    ``last_commit`` is the newest commit time in the archive on its newest timeline (None when it
-    holds no commit); ``history`` the newest timeline's ancestors with their switch points.
+    ``newest_segment`` is the newest archived segment of the history to follow: by default the
+    archive's newest, on its newest timeline (the live cluster's after a rollback, see
+    pgbackrest_pitr.live_segment). ``last_commit`` is the newest commit time on that history (None
+    when there is none); ``history`` that timeline's ancestors with their switch points.
     """
     db_id, archive = current_archive(entry)
-    timeline = segment_timeline(archive["max"])
+    newest_segment = newest_segment or archive["max"]
+    timeline = segment_timeline(newest_segment)
     backups = usable_backups(entry, db_id, timeline, history)
     if not backups:
         raise RestoreError(f"stanza {entry['name']!r} has no backup usable on timeline {timeline}")
@@ -129,9 +138,9 @@ def make_plan(entry, target, last_commit, history):
         if target < oldest or target > end:
             raise RestoreError(
                 f"target {format_time(target)} is outside the reachable range {reachable['start']} .. "
-                f"{reachable['end']} (the oldest usable backup's end .. the newest archived commit);"
-                " nothing was touched",
-                {"reachable": reachable},
+                f"{reachable['end']} (the oldest usable backup's end .. the newest archived commit, on timeline"
+                f" {timeline} up to {newest_segment}); nothing was touched",
+                {"reachable": reachable, "target_timeline": timeline, "wal_end": newest_segment},
             )
         chosen = [backup for backup in backups if stop_time(backup) <= target][-1]
     return {
@@ -140,7 +149,7 @@ def make_plan(entry, target, last_commit, history):
         "backup_type": chosen["type"],
         "backup_stop_time": format_time(stop_time(chosen)),
         "wal_start": chosen["archive"]["start"],
-        "wal_end": archive["max"],
+        "wal_end": newest_segment,
         "target_timeline": timeline,
         "reachable": reachable,
     }

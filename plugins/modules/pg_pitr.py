@@ -32,11 +32,22 @@ attributes:
     description:
       - Plans and refuses exactly as a real run, and changes nothing; RV(plan) names the backup and the WAL range.
       - A real run first asks the running server to archive its current WAL (C(pgbackrest check)); check mode
-        does not, so its range may end a little earlier.
+        does not (unless O(archive_current)), so its range may end a little earlier.
   diff_mode:
     support: none
     description: Returns no diff; RV(plan) says what would be restored.
 options:
+  operation:
+    description:
+      - V(restore) restores O(target_time).
+      - "V(rollback) undoes an earlier restore that succeeded but whose service failed afterwards (the role
+        C(tradingbot.ops.tradingbot_restore) does this when the application's health check fails): it stops the
+        server, moves the restored data directory aside as C(<data_dir>.failed-pitr-<stamp>), puts
+        O(safety_copy) back as O(data_dir), starts the server and waits until it accepts queries."
+    type: str
+    choices: [restore, rollback]
+    default: restore
+    version_added: 0.2.0
   stanza:
     description: The pgBackRest stanza of the cluster.
     type: str
@@ -46,8 +57,14 @@ options:
     description:
       - V(latest) (everything archived) or an ISO 8601 time with a zone, such as V(2026-12-01 10:15:00+00).
         Commits up to and including that time are kept.
+      - Required with O(operation=restore).
     type: str
-    required: true
+    version_added: 0.2.0
+  safety_copy:
+    description:
+      - With O(operation=rollback), the safety copy that the restore returned (RV(safety_copy)); it must be
+        C(<data_dir>.pre-pitr-<stamp>) beside O(data_dir).
+    type: path
     version_added: 0.2.0
   data_dir:
     description: The cluster's data directory (pgBackRest's C(pg1-path)).
@@ -109,6 +126,14 @@ options:
     choices: [preserve, "off"]
     default: preserve
     version_added: 0.2.0
+  archive_current:
+    description:
+      - In check mode too, first ask the running server to archive its current WAL (C(pgbackrest check), a WAL
+        switch, which changes no data), so that the plan reaches the newest commit as a real run's does. The role
+        C(tradingbot.ops.tradingbot_restore) sets it for the plan it confirms before a real run.
+    type: bool
+    default: false
+    version_added: 0.2.0
   recovery_timeout:
     description: Seconds to wait for the restored server to finish recovery and promote.
     type: int
@@ -141,12 +166,20 @@ EXAMPLES = r"""
     target_time: latest
     data_dir: /var/lib/postgresql/15/main
     service: postgresql@15-main
+
+- name: Put the database from before the restore back (the application failed on the restored one)
+  tradingbot.ops.pg_pitr:
+    operation: rollback
+    stanza: tradingbot
+    safety_copy: /var/lib/postgresql/15/main.pre-pitr-20261201T101700Z
+    data_dir: /var/lib/postgresql/15/main
+    service: postgresql@15-main
 """
 
 RETURN = r"""
 plan:
   description: What the restore uses.
-  returned: always
+  returned: with O(operation=restore)
   type: dict
   contains:
     target_time:
@@ -186,12 +219,18 @@ plan:
     reachable: {start: "2026-12-01 02:00:31.000000+00", end: "2026-12-01 11:02:12.481516+00"}
 restore_arguments:
   description: The arguments given to C(pgbackrest restore) (after the config path and stanza); no secret is among them.
-  returned: always
+  returned: with O(operation=restore)
   type: list
   elements: str
 safety_copy:
-  description: The old data directory, moved aside (kept; remove it once the restore is accepted).
-  returned: when a restore ran
+  description:
+    - The old data directory, moved aside (kept; remove it once the restore is accepted).
+    - With O(operation=rollback), the copy that was put back.
+  returned: when a restore ran, and with O(operation=rollback)
+  type: str
+failed_restore:
+  description: With O(operation=rollback), where the restored data directory was moved (kept for inspection).
+  returned: with O(operation=rollback)
   type: str
 row_counts:
   description: Rows per table of O(database) after the restore.
@@ -202,8 +241,8 @@ timeline:
   returned: success, not in check mode
   type: int
 rolled_back:
-  description: True when a failed restore was undone from the safety copy.
-  returned: failure after the data directory was moved
+  description: True when a failed restore was undone from the safety copy (or O(operation=rollback) put it back).
+  returned: failure after the data directory was moved, and O(operation=rollback) outside check mode
   type: bool
 not_predicted:
   description: What only a real run does and checks.
@@ -218,14 +257,19 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.tradingbot.ops.plugins.module_utils.errors import RestoreError  # noqa: E402
 from ansible_collections.tradingbot.ops.plugins.module_utils.pgbackrest_pitr import (  # noqa: E402
     PITR_OPTIONS,
+    PITR_REQUIRED_IF,
     run_pitr,
+    run_rollback,
 )
 
 
 def main():
-    module = AnsibleModule(argument_spec=copy.deepcopy(PITR_OPTIONS), supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=copy.deepcopy(PITR_OPTIONS), required_if=PITR_REQUIRED_IF, supports_check_mode=True
+    )
+    run = run_rollback if module.params["operation"] == "rollback" else run_pitr
     try:
-        result = run_pitr(module.params, check_mode=module.check_mode)
+        result = run(module.params, check_mode=module.check_mode)
     except RestoreError as exc:
         details = dict(exc.result)
         details.pop("msg", None)

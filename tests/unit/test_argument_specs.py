@@ -50,3 +50,15 @@ def test_role_inputs_carry_the_role_prefix(role):
     # The shared role defines the collection-wide tradingbot_* facts; the others their own.
     prefix = "tradingbot_" if role.name == "tradingbot" else f"{role.name}_"
     assert all(name.startswith(prefix) for name in load(role / "defaults" / "main.yml"))
+
+
+SECRET = ("password", "passphrase", "secret_access_key", "identity")
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
+def test_secret_options_are_no_log(role):
+    # ansible-core hides a no_log option's value in the spec validation's result (and -vvv).
+    for entry_point in load(role / "meta" / "argument_specs.yml")["argument_specs"].values():
+        for name, option in (entry_point.get("options") or {}).items():
+            if name.endswith(SECRET):
+                assert option.get("no_log") is True, f"{name} is a secret: no_log: true"

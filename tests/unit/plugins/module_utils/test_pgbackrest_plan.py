@@ -43,6 +43,9 @@ def test_targets():
         plan.parse_target("2026-12-01 10:15:00")
     with pytest.raises(RestoreError, match="neither"):
         plan.parse_target("yesterday")
+    # What `-e restore_target_time=2026-12-01 10:15:00+00` leaves after the shell: the hint says how to quote.
+    with pytest.raises(RestoreError, match="quote the value inside the argument"):
+        plan.parse_target("2026-12-01")
 
 
 def test_segments_and_history():
@@ -71,3 +74,22 @@ def test_an_unreachable_target_names_the_range():
     with pytest.raises(RestoreError, match="outside the reachable range"):
         plan.make_plan(entry, datetime.datetime.fromtimestamp(5001, UTC), last_commit, {})
     assert plan.make_plan(entry, last_commit, last_commit, {})["backup"] == "F1"
+
+
+def test_after_a_rollback_the_live_timeline_is_followed():
+    # Timeline 2 was restored, then rolled back: timeline 1 is live again and went on writing,
+    # so the archive's newest segment is on the abandoned timeline 2.
+    full = backup("F1", "000000010000000000000002", "0/2000100", 1000)
+    later = backup("D1", "000000010000000000000006", "0/6000100", 3000, "diff")
+    entry = stanza([full, later], "000000020000000000000005")
+    last_commit = datetime.datetime.fromtimestamp(4000, UTC)
+    followed = plan.make_plan(
+        entry, datetime.datetime.fromtimestamp(3500, UTC), last_commit, {}, newest_segment="000000010000000000000007"
+    )
+    assert followed["target_timeline"] == 1
+    assert followed["wal_end"] == "000000010000000000000007"
+    assert followed["backup"] == "D1", "a backup of the live timeline after the abandoned branch is used"
+    # By default the newest timeline: the same backup is off its history.
+    assert (
+        plan.make_plan(entry, datetime.datetime.fromtimestamp(3500, UTC), last_commit, {1: 0x3000000})["backup"] == "F1"
+    )
