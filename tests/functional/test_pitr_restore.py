@@ -96,7 +96,9 @@ def assert_no_secret(live, proc, watcher):
 
 def test_check_mode_names_the_replica_range_and_changes_nothing(live):
     before = replication.marker_ids(live["repl"].db)
-    proc, out, watcher = run_restore(live, "--check", "-e", f"restore_target_time={replication.iso(live['target'])}")
+    # As the shell passes -e restore_target_time="DATE TIME": one argument, split by ansible-core.
+    as_typed = replication.iso(live["target"]).replace("T", " ")
+    proc, out, watcher = run_restore(live, "--check", "-e", f"restore_target_time={as_typed}")
     assert proc.returncode == 0, out
     assert "Would restore" in out
     assert "from generation" in out
