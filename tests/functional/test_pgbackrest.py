@@ -22,16 +22,16 @@ import boto3
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared renderer in tests/
 
 import postgres
 import seaweedfs
 from ansible_collections.tradingbot.ops.plugins.module_utils import pgbackrest_plan
 from ansible_collections.tradingbot.ops.plugins.module_utils.errors import RestoreError
 from ansible_collections.tradingbot.ops.plugins.module_utils.pgbackrest_pitr import PITR_OPTIONS, run_pitr
+from role_render import ROLES, role_var_files
+from role_render import render as render_role_files
 
-REPO = Path(__file__).resolve().parents[2]
-ROLES = REPO / "roles"
-ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 STANZA = "tradingbot"
 PASSPHRASE = "cipher-passphrase-Qw8Zr2Lx5Vn7"
 BUCKET = "pgbackrest"
@@ -49,55 +49,28 @@ def require(found, what):
 
 def render(out, extra_vars):
     """The role's templates rendered by ansible-playbook into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "templates").symlink_to(ROLES / "tradingbot" / "templates")
     role = ROLES / "tradingbot_pgbackrest"
-    var_files = [
-        str(ROLES / name / kind / "main.yml")
-        for name in ("tradingbot", "tradingbot_pgbackrest")
-        for kind in ("defaults", "vars")
-    ]
-    play = [
+    tasks = [
         {
-            "name": "Render the pgBackRest role's files",
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars_files": var_files,
-            "tasks": [
-                {
-                    "name": "Render the configuration",
-                    "ansible.builtin.template": {
-                        "src": str(role / "templates" / "{{ item }}.j2"),
-                        "dest": str(out / "{{ item }}"),
-                        "mode": "0600",
-                    },
-                    "loop": ["pgbackrest.conf", "secrets.conf"],
-                },
-                {
-                    "name": "Render the units",
-                    "ansible.builtin.template": {
-                        "src": str(role / "templates" / "{{ item.src }}"),
-                        "dest": str(out / "{{ item.dest }}"),
-                        "mode": "0644",
-                    },
-                    "loop": "{{ __tradingbot_pgbackrest_units }}",
-                },
-            ],
-        }
+            "name": "Render the configuration",
+            "ansible.builtin.template": {
+                "src": str(role / "templates" / "{{ item }}.j2"),
+                "dest": str(out / "{{ item }}"),
+                "mode": "0600",
+            },
+            "loop": ["pgbackrest.conf", "secrets.conf"],
+        },
+        {
+            "name": "Render the units",
+            "ansible.builtin.template": {
+                "src": str(role / "templates" / "{{ item.src }}"),
+                "dest": str(out / "{{ item.dest }}"),
+                "mode": "0644",
+            },
+            "loop": "{{ __tradingbot_pgbackrest_units }}",
+        },
     ]
-    (out / "play.yml").write_text(json.dumps(play))
-    (out / "vars.json").write_text(json.dumps({"ansible_python_interpreter": sys.executable, **extra_vars}))
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    result = subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-e", f"@{out / 'vars.json'}", str(out / "play.yml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out
+    return render_role_files(out, role_var_files("tradingbot", "tradingbot_pgbackrest"), tasks, extra_vars)
 
 
 class CommandLines:
