@@ -5,6 +5,8 @@ store and the catch-up, the locks, the three refusals (each through restore.yml,
 operator would run it), and last the secret searches, so that they cover every run before them.
 """
 
+import concurrent.futures
+import glob
 import json
 import os
 import re
@@ -258,52 +260,105 @@ def test_the_hosts_credentials_cannot_delete_a_locked_copy(host):
 
 
 # -- the refusals ----------------------------------------------------------------------------
+# Each refusal is one restore.yml run per host, as an operator runs it; the two hosts' runs go at
+# once (restore.yml is serial: 1, so one run over both would stop at the first host's refusal).
+# The store is prepared for both hosts first and put back after both runs.
+
+HOSTS = [f"tradingbot-debian{version}-{store.SCENARIO}" for version in (12, 13)]
+_refusals = {}
 
 
 def newest_copy(host):
     return copies(host)[-1]
 
 
-def test_a_wrong_identity_is_refused(host):
-    before = the_data(host)
-    name = newest_copy(host)
-    result = restore_run(host, "wrong-identity", identity="other-identity.txt", restore_file=name)
+def refuse_on_every_host(kind, prepare, extra, put_back):
+    """Run one refusal on every host at once; keep, per host name, the run and the data before and
+    after. ``prepare(host)`` changes the store and returns what ``put_back`` needs, and ``extra(host,
+    name)`` the run's -e options."""
+    if kind in _refusals:
+        return _refusals[kind]
+    hosts = [testinfra.get_host(f"podman://{name}") for name in HOSTS]
+    before = {name_of(host): the_data(host) for host in hosts}
+    names = {name_of(host): newest_copy(host) for host in hosts}
+    undo = {}
+    try:
+        for host in hosts:
+            undo[name_of(host)] = prepare(host, names[name_of(host)])
+        with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:
+            runs = {
+                name_of(host): pool.submit(restore_run, host, kind, **extra(host, names[name_of(host)]))
+                for host in hosts
+            }
+            results = {name: future.result() for name, future in runs.items()}
+    finally:
+        for name, token in undo.items():
+            put_back(name, names[name], token)
+    _refusals[kind] = {
+        name_of(host): {
+            "result": results[name_of(host)],
+            "before": before[name_of(host)],
+            "after": live_rows(host, None if is_postgresql(host) else before[name_of(host)]["ticks"]["max_id"]),
+        }
+        for host in hosts
+    }
+    return _refusals[kind]
+
+
+def assert_refused(outcome, message):
+    result = outcome["result"]
     assert result.returncode != 0
-    assert "the identity does not match the recipient" in result.output, result.output[-3000:]
-    assert live_rows(host, None if is_postgresql(host) else before["ticks"]["max_id"]) == before
+    assert message in result.output, result.output[-3000:]
+    assert outcome["after"] == outcome["before"]
 
 
-def test_a_tampered_ciphertext_is_refused(host):
-    before = the_data(host)
-    name = newest_copy(host)
+def test_a_wrong_identity_is_refused(host):
+    outcome = refuse_on_every_host(
+        "wrong-identity",
+        prepare=lambda _host, _name: None,
+        extra=lambda _host, name: {"identity": "other-identity.txt", "restore_file": name},
+        put_back=lambda _host_name, _name, _token: None,
+    )[name_of(host)]
+    assert_refused(outcome, "the identity does not match the recipient")
+
+
+def _tamper(host, name):
     key = f"{name_of(host)}/{name}.age"
     admin = store.client()
     data = bytearray(admin.get_object(Bucket=store.BUCKET, Key=key)["Body"].read())
     data[len(data) // 2] ^= 0x01
     # Only a new version on top of the locked one: what an attacker with write access can do.
-    tampered = admin.put_object(Bucket=store.BUCKET, Key=key, Body=bytes(data))["VersionId"]
-    try:
-        result = restore_run(host, "tampered", restore_file=name)
-    finally:
-        admin.delete_object(Bucket=store.BUCKET, Key=key, VersionId=tampered)
-    assert result.returncode != 0
-    assert "tampered or damaged; refusing" in result.output, result.output[-3000:]
-    assert live_rows(host, None if is_postgresql(host) else before["ticks"]["max_id"]) == before
+    return admin.put_object(Bucket=store.BUCKET, Key=key, Body=bytes(data))["VersionId"]
+
+
+def test_a_tampered_ciphertext_is_refused(host):
+    outcome = refuse_on_every_host(
+        "tampered",
+        prepare=_tamper,
+        extra=lambda _host, name: {"restore_file": name},
+        put_back=lambda host_name, name, version: store.client().delete_object(
+            Bucket=store.BUCKET, Key=f"{host_name}/{name}.age", VersionId=version
+        ),
+    )[name_of(host)]
+    assert_refused(outcome, "tampered or damaged; refusing")
+
+
+def _hide_manifest(host, name):
+    # The host's own keys can hide a manifest behind a delete marker, not destroy it.
+    key = f"{name_of(host)}/{name}.age.manifest.json"
+    return store.client("host").delete_object(Bucket=store.BUCKET, Key=key)["VersionId"]
 
 
 def test_a_missing_manifest_is_refused(host):
-    before = the_data(host)
-    name = newest_copy(host)
-    key = f"{name_of(host)}/{name}.age.manifest.json"
-    # The host's own keys can hide a manifest behind a delete marker, not destroy it.
-    marker = store.client("host").delete_object(Bucket=store.BUCKET, Key=key)["VersionId"]
-    try:
-        result = restore_run(host, "no-manifest", restore_file=name)
-    finally:
-        store.client().delete_object(Bucket=store.BUCKET, Key=key, VersionId=marker)
-    assert result.returncode != 0
-    assert "has no manifest in s3://" in result.output, result.output[-3000:]
-    assert live_rows(host, None if is_postgresql(host) else before["ticks"]["max_id"]) == before
+    outcome = refuse_on_every_host(
+        "no-manifest",
+        prepare=_hide_manifest,
+        extra=lambda _host, name: {"restore_file": name},
+        put_back=lambda host_name, name, marker: store.client().delete_object(
+            Bucket=store.BUCKET, Key=f"{host_name}/{name}.age.manifest.json", VersionId=marker
+        ),
+    )[name_of(host)]
+    assert_refused(outcome, "has no manifest in s3://")
 
 
 # -- the secrets -----------------------------------------------------------------------------
@@ -337,12 +392,15 @@ def test_no_secret_in_any_argv_while_the_copy_jobs_and_restores_ran(host):
 
 
 def test_no_secret_in_the_restore_runs_output():
-    logs = [os.path.join(EPHEMERAL, "restore-vvv.log")]
-    logs += [os.path.join(RUN_LOGS, name) for name in sorted(os.listdir(RUN_LOGS))] if os.path.isdir(RUN_LOGS) else []
-    with open(logs[0], encoding="utf-8") as handle:
-        vvv = re.sub(r"\x1b\[[0-9;]*m", "", handle.read())
-    # -vvv shows every command the podman connection runs on the hosts.
-    assert "> EXEC:" in vvv, "restore-vvv.log is not -vvv output"
+    vvv_logs = sorted(glob.glob(os.path.join(EPHEMERAL, "restore-vvv-*.log")))
+    assert len(vvv_logs) == len(HOSTS), vvv_logs
+    for path in vvv_logs:
+        with open(path, encoding="utf-8") as handle:
+            vvv = re.sub(r"\x1b\[[0-9;]*m", "", handle.read())
+        # -vvv shows every command the podman connection runs on the hosts.
+        assert "> EXEC:" in vvv, f"{path} is not -vvv output"
+    runs = sorted(os.listdir(RUN_LOGS)) if os.path.isdir(RUN_LOGS) else []
+    logs = vvv_logs + [os.path.join(RUN_LOGS, name) for name in runs]
     for path in logs:
         with open(path, encoding="utf-8") as handle:
             assert_no_secret(handle.read(), path)
