@@ -88,10 +88,13 @@ def config_text(replica, *, identity=None, local_replica_dir=None):
 
 
 def check_identity(identity):
-    text = identity.strip() if isinstance(identity, str) else ""
-    if not text.startswith(_IDENTITY_PREFIX) or "\n" in text:
+    """The one age secret key in ``identity``: the key alone, or an identity file as age-keygen
+    writes it (restore_offsite_identity_file), whose ``#`` comment lines are dropped."""
+    lines = identity.splitlines() if isinstance(identity, str) else []
+    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if len(keys) != 1 or not keys[0].startswith(_IDENTITY_PREFIX):
         raise LitestreamError(f"the identity must be one age secret key ({_IDENTITY_PREFIX}...)")
-    return text
+    return keys[0]
 
 
 @contextlib.contextmanager

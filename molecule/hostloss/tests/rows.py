@@ -18,7 +18,12 @@ import sys
 def sqlite_rows(path, max_id=None):
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     tables = {}
-    names = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+    # Not SQLite's own tables, nor Litestream's (_litestream_seq, _litestream_lock): a restored
+    # database gets them anew when replication starts on it.
+    names = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        " AND name NOT LIKE '\\_litestream\\_%' ESCAPE '\\' ORDER BY name"
+    )
     for (name,) in names.fetchall():
         columns = [row[1] for row in db.execute(f'PRAGMA table_info("{name}")')]
         where = " WHERE id <= ?" if max_id is not None and "id" in columns else ""

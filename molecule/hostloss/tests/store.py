@@ -2,7 +2,9 @@
 
 The store runs in its own test host (prepare.yml); the controller reaches it at the container's
 address on the scenario's podman network. ``python3 store.py create-bucket`` creates the bucket
-with Object Lock, with the admin's keys, once.
+with Object Lock, with the admin's keys, once; ``python3 store.py replica-end PREFIX`` prints the
+upload time of the newest object under PREFIX (a lost host's Litestream replica: the last state
+it replicated).
 """
 
 import json
@@ -67,8 +69,12 @@ def host_secret():
 
 def objects(prefix):
     """Every version of every key under prefix, and the delete markers: (versions, markers)."""
-    listing = client().list_object_versions(Bucket=BUCKET, Prefix=prefix)
-    return listing.get("Versions", []), listing.get("DeleteMarkers", [])
+    versions, markers = [], []
+    # Paged: Litestream's objects share the host's prefix, more than one page of them.
+    for page in client().get_paginator("list_object_versions").paginate(Bucket=BUCKET, Prefix=prefix):
+        versions += page.get("Versions", [])
+        markers += page.get("DeleteMarkers", [])
+    return versions, markers
 
 
 def create_bucket():
@@ -83,7 +89,21 @@ def create_bucket():
     print(json.dumps({"bucket": BUCKET, "state": "created"}))
 
 
+def replica_end(prefix):
+    """The newest LastModified under prefix, as Litestream 0.3.13 times its objects (whole seconds)."""
+    newest = None
+    for page in client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        for item in page.get("Contents", []):
+            newest = item["LastModified"] if newest is None else max(newest, item["LastModified"])
+    if newest is None:
+        sys.exit(f"no object under s3://{BUCKET}/{prefix}")
+    print(newest.isoformat())
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] != ["create-bucket"]:
-        sys.exit("usage: store.py create-bucket")
-    create_bucket()
+    if sys.argv[1:] == ["create-bucket"]:
+        create_bucket()
+    elif len(sys.argv) == 3 and sys.argv[1] == "replica-end":
+        replica_end(sys.argv[2])
+    else:
+        sys.exit("usage: store.py create-bucket | replica-end PREFIX")
