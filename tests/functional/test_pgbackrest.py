@@ -389,6 +389,9 @@ def test_backup_units_pass_the_exposure_gate(stack):
     for unit in (f"tradingbot-pgbackrest-{name}.service" for name in units):
         text = (rendered / unit).read_text()
         assert PASSPHRASE not in text
+        # The unit runs as postgres: RemoveIPC= would delete the server's shared memory at its end
+        # (the next connection fails: "could not open shared memory segment").
+        assert "User=postgres" in text and "RemoveIPC=" not in text
         result = subprocess.run(
             [
                 "systemd-analyze",
