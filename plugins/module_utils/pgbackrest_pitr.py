@@ -156,8 +156,9 @@ def timeline_history(cluster, timeline, directory):
         return pgbackrest_plan.parse_history(handle.read())
 
 
-def newest_commit(cluster, newest_segment, directory):
-    """The newest commit time in the archive, read with pg_waldump from its last segments."""
+def newest_commit(cluster, newest_segment, history, directory):
+    """The newest commit time on the history to ``newest_segment``, read with pg_waldump from its
+    last segments (on the parent timelines before their switch points)."""
     waldump = os.path.join(cluster.params["pg_bin_dir"], "pg_waldump")
     segment = newest_segment
     for _attempt in range(_COMMIT_SEARCH_SEGMENTS):
@@ -170,7 +171,7 @@ def newest_commit(cluster, newest_segment, directory):
             commits = _COMMIT.findall(dump.stdout)
             if commits:
                 return datetime.datetime.fromisoformat(commits[-1]).replace(tzinfo=pgbackrest_plan.UTC)
-        segment = pgbackrest_plan.previous_segment(segment)
+        segment = pgbackrest_plan.previous_segment_on_history(segment, history)
     return None
 
 
@@ -208,7 +209,7 @@ def plan_restore(cluster, target):
     try:
         shutil.chown(directory, cluster.params["os_user"])
         history = timeline_history(cluster, timeline, directory)
-        last_commit = newest_commit(cluster, newest, directory)
+        last_commit = newest_commit(cluster, newest, history, directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return pgbackrest_plan.make_plan(entry, target, last_commit, history, newest_segment=newest)

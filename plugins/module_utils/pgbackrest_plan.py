@@ -37,6 +37,29 @@ def previous_segment(segment, segments_per_xlogid=0x100):
     return f"{segment[:8]}{number // segments_per_xlogid:08X}{number % segments_per_xlogid:08X}"
 
 
+_SEGMENT_BYTES = 16 * 1024 * 1024
+
+
+def previous_segment_on_history(segment, history, segments_per_xlogid=0x100):
+    """The WAL segment before ``segment`` on the history that leads to it, or None.
+
+    ``history`` is ``segment``'s timeline's ancestors with their switch points. A segment that
+    ends at or before an ancestor's switch point was written on that ancestor: a timeline's first
+    segment after a restore to ``latest`` holds no commit, and the newest ones are its parent's.
+    """
+    previous = previous_segment(segment, segments_per_xlogid)
+    if previous is None:
+        return None
+    number = int(previous[8:16], 16) * segments_per_xlogid + int(previous[16:24], 16)
+    end = (number + 1) * _SEGMENT_BYTES
+    timeline = segment_timeline(segment)
+    for parent, switch_point in sorted(history.items(), key=lambda item: item[1]):
+        if parent < timeline and end <= switch_point:
+            timeline = parent
+            break
+    return f"{timeline:08X}{previous[8:]}"
+
+
 def parse_history(text):
     """A timeline history file's lines as {parent timeline: switch point LSN}."""
     switch_points = {}

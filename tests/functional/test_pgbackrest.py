@@ -331,6 +331,19 @@ def test_restore_latest_keeps_every_archived_commit(stack):
     assert stack.notes()[-1] == "newest"
 
 
+def test_a_restore_to_a_time_right_after_a_restore_to_latest_finds_the_parent_timelines_commits(stack):
+    # The host-loss path: `latest`, then at once a time before it. The new timeline's segments
+    # hold no commit yet; the reachable range ends at the newest commit of the timeline it left.
+    stack.mark("before-latest")
+    target = stack.server_time()
+    stack.mark("after-target")
+    stack.pgbackrest("check")
+    stack.pitr("latest")
+    result = stack.pitr(target)
+    assert stack.notes()[-1] == "before-latest"
+    assert result["plan"]["reachable"]["end"] >= result["plan"]["target_time"]
+
+
 def test_a_failed_validation_rolls_back_to_the_safety_copy(stack):
     before = stack.notes()
     stack.cluster.psql("INSERT INTO marks (note) VALUES ('kept-by-rollback')")

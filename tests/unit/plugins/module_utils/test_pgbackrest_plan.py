@@ -54,6 +54,26 @@ def test_segments_and_history():
     assert plan.parse_history("1\t0/3000000\tbefore 2026-12-01\n\n2\t0/5000000\tx\n") == {1: 0x3000000, 2: 0x5000000}
 
 
+def test_the_commit_search_steps_back_onto_the_parent_timelines():
+    # Timeline 3 left 2 at 0/5000000, which left 1 at 0/3000000 (a segment boundary: a restore to
+    # latest): segment 5 is 3's first, 4 and 3 are 2's, 2 and below are 1's.
+    history = {1: 0x3000000, 2: 0x5000000}
+    steps, segment = [], "000000030000000000000006"
+    while segment and len(steps) < 5:
+        segment = plan.previous_segment_on_history(segment, history)
+        steps.append(segment)
+    assert steps == [
+        "000000030000000000000005",
+        "000000020000000000000004",
+        "000000020000000000000003",
+        "000000010000000000000002",
+        "000000010000000000000001",
+    ]
+    # A switch inside a segment: the new timeline's copy of that segment holds the parent's part.
+    assert plan.previous_segment_on_history("000000020000000000000004", {1: 0x3000100}) == "000000020000000000000003"
+    assert plan.previous_segment_on_history("000000020000000000000001", {}) == "000000020000000000000000"
+
+
 def test_a_backup_after_the_branch_point_is_not_used():
     early = backup("F1", "000000010000000000000002", "0/2000100", 1000)
     late = backup("D1", "000000010000000000000004", "0/4000100", 2000, "diff")
