@@ -22,6 +22,25 @@ _MAX_HEADER = 1024 * 1024
 # text literal of the schema) does not start a data section.
 _DATA_COMMENT = re.compile(rb"(?:\A|\n)-- Data for Name: [^\n]*; Type: TABLE DATA; [^\n]*\n--\n\n\Z")
 _COMMENT_WINDOW = 2048  # the text kept before a COPY line: the comment's names are at most 63 bytes each
+_BACKSLASH_PROBES = 64  # per chunk, before the search falls back to the whole terminator
+
+
+def _section_end(data, pos):
+    """Where the line ``\\.`` starts in ``data[pos:]`` after a newline, or -1.
+
+    Data lines rarely hold a backslash, and a one-byte search runs several times faster than
+    a search for the whole terminator: probe the backslashes first, and fall back to the
+    terminator's search when a section holds many of them (escaped text, bytea).
+    """
+    for _probe in range(_BACKSLASH_PROBES):
+        found = data.find(b"\\", pos)
+        if found < 0:
+            return -1
+        if found > 0 and data[found - 1] == 0x0A and data.startswith(_END, found):
+            return found
+        pos = found + 1
+    found = data.find(b"\n" + _END, pos - 1)
+    return found + 1 if found >= 0 else -1
 
 
 class CopyRowCounter:
@@ -50,8 +69,7 @@ class CopyRowCounter:
         if self._line_start and data.startswith(_END, pos):
             end = pos
         else:
-            found = data.find(b"\n" + _END, pos)
-            end = found + 1 if found >= 0 else -1
+            end = _section_end(data, pos)
         if end >= 0:
             self._rows += data.count(b"\n", pos, end)
             self.counts[self._table] = self.counts.get(self._table, 0) + self._rows

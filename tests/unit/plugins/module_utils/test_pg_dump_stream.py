@@ -22,6 +22,8 @@ DUMP = (
     + _data(b"no_columns", b"COPY public.no_columns  FROM stdin;", b"\n\n")
     + _data(b"empty", b"COPY public.empty (x) FROM stdin;", b"")
     + _data(b"big", b"COPY public.big (x) FROM stdin;", b"".join(b"%d\t%s\n" % (i, b"y" * i) for i in range(5000)))
+    # More backslashes than the counter probes one by one: escaped text and bytea, and \\. lines.
+    + _data(b"escaped", b"COPY public.escaped (v) FROM stdin;", b"a\\\\b\\tc\t\\\\x0102\n\\\\.\n" * 300)
     + b"--\n-- PostgreSQL database dump complete\n--\n\n"
 )
 COUNTS = {
@@ -30,6 +32,7 @@ COUNTS = {
     "public.no_columns": 2,
     "public.empty": 0,
     "public.big": 5000,
+    "public.escaped": 600,
 }
 
 
