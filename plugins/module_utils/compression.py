@@ -9,6 +9,7 @@ import contextlib
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import zlib
 
@@ -24,6 +25,14 @@ COMPRESSION_SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
 SUFFIX_COMPRESSION = {suffix: name for name, suffix in COMPRESSION_SUFFIX.items()}
 # Compressed gzip members in flight per worker: bounds memory whatever the database size.
 _INFLIGHT_PER_WORKER = 2
+# How compress_stream proves, per compression, that what it wrote decodes to the source.
+_DECODE_CHECKS = {
+    "gzip": "decoded while writing (gzip): every member inflated again and equal to its source bytes",
+    "zstd": "decoded while writing (zstd -t): XXH64 content checksum and decoded size equal the source's",
+    "none": "written as read",
+}
+# zstd -t -v's last line: "<name> : <decoded size> bytes".
+_ZSTD_TESTED = re.compile(r":\s*(\d+) bytes\s*$")
 
 
 def compression_of(path):
@@ -86,7 +95,8 @@ def zstd_compressor(feed, level):
     """A ``ChildPipe`` compressing ``feed`` with zstd at ``level``."""
     # One thread: zstd -3 outruns pg_dump and the SQLite integrity check that run beside it,
     # and multi-threaded zstd needs ~40-60 MiB of buffers against 7 MiB single-threaded.
-    return ChildPipe([zstd_binary(), f"-{level}", "--single-thread", "-q", "-c", "--no-progress"], "zstd failed", feed)
+    argv = [zstd_binary(), f"-{level}", "--check", "--single-thread", "-q", "-c", "--no-progress"]
+    return ChildPipe(argv, "zstd failed", feed)
 
 
 def open_decompressed(path, compression=None):
@@ -208,28 +218,34 @@ def _write_gzip(chunks, sink, level, workers):
     return size
 
 
-def _write_zstd(chunks, sink, level, raw_sha):
-    """Compress ``chunks`` with zstd and decode the output again with a second zstd; the
-    decoded stream must hash to ``raw_sha`` (the source's, complete once ``chunks`` is)."""
-    decoded_sha = hashlib.sha256()
-    decoded_size = 0
+def zstd_tester(feed):
+    """A ``ChildPipe`` running ``zstd -t -v`` on the zstd stream ``feed``: a full decode, checked
+    against the frames' XXH64 content checksums, that writes nothing but the decoded size."""
+    return ChildPipe([zstd_binary(), "-t", "-v", "-"], "the zstd stream written does not decode", feed)
+
+
+def _write_zstd(chunks, sink, level):
+    """Compress ``chunks`` with zstd and decode the output again with ``zstd -t``; return the
+    decoded size.
+
+    The compressor hashes its input into each frame (``--check``: XXH64) and ``zstd -t`` fails
+    unless the decoded frames hash the same, so the decoded stream is the source; nothing
+    decoded comes back through this process. The caller compares the size with the source's.
+    """
 
     def written(compressed):
         for data in compressed:
             sink.write(data)
             yield data
 
-    # Three stages overlap: a thread feeds zstd from the source, a thread writes zstd's output
-    # and feeds it to zstd -d, this one hashes what zstd -d gives back. A hash, not a byte
-    # comparison: zstd holds tens of MiB of compressible input before its first output, which a
-    # comparison would have to keep.
-    with zstd_compressor(chunks, level) as compressed, zstd_decompressor(written(compressed)) as decoded:
-        for piece in decoded:
-            decoded_sha.update(piece)
-            decoded_size += len(piece)
-    if decoded_sha.digest() != raw_sha.digest():
-        raise BackupError("the zstd stream written does not decode to the source (sha256 mismatch)")
-    return decoded_size
+    # Two stages overlap: a thread feeds zstd from the source, a thread writes zstd's output
+    # and feeds it to zstd -t, while this one waits for zstd -t's verdict.
+    with zstd_compressor(chunks, level) as compressed, zstd_tester(written(compressed)) as tester:
+        tester.read()
+    report = _ZSTD_TESTED.search(tester.messages[-1] if tester.messages else "")
+    if report is None:
+        raise BackupError(f"zstd -t did not report the decoded size: {' '.join(tester.messages[-1:]) or 'no output'}")
+    return int(report.group(1))
 
 
 def compress_stream(source, handle, compression, level, *, workers=None, observe=None):
@@ -239,10 +255,11 @@ def compress_stream(source, handle, compression, level, *, workers=None, observe
     Memory stays bounded: gzip runs as independent 1 MiB gzip members compressed (and decoded
     again) by a pool of ``workers`` threads (a valid multi-member gzip file that gzip -d and
     Python read); zstd as a single-threaded child process fed by a thread, its output decoded by
-    a second zstd child and hashed. ``observe``, when given, sees every source
-    chunk (a row counter). Returns ``{raw_sha256, raw_size, sha256, size, decoded_size, head,
-    tail}``: ``decoded_size`` bytes of the output were decoded and equal the source, whose
-    first 16 and last 4096 bytes are ``head`` and ``tail``. Raises BackupError otherwise.
+    ``zstd -t`` against its content checksum. ``observe``, when given, sees every source chunk
+    (a row counter). Returns ``{raw_sha256, raw_size, sha256, size, decoded_size, decode_check,
+    head, tail}``: ``decoded_size`` bytes of the output were decoded and equal the source (how:
+    ``decode_check``), whose first 16 and last 4096 bytes are ``head`` and ``tail``. Raises
+    BackupError otherwise.
     """
     sink = _Sink(handle)
     raw_sha = hashlib.sha256()
@@ -251,15 +268,18 @@ def compress_stream(source, handle, compression, level, *, workers=None, observe
 
     def raw_chunks():
         nonlocal raw_size, head, tail
-        for chunk in iter(lambda: source.read(CHUNK_SIZE), b""):
-            raw_sha.update(chunk)
-            if raw_size < 16:
-                head = (head + chunk)[:16]
-            tail = (tail + chunk[-4096:])[-4096:]
-            raw_size += len(chunk)
-            if observe is not None:
-                observe(chunk)
-            yield chunk
+        # A thread of its own reads the source, so the writer of a pipe never waits on the
+        # hashing, counting and compressing below.
+        with contextlib.closing(threaded(iter(lambda: source.read(CHUNK_SIZE), b""))) as chunks:
+            for chunk in chunks:
+                raw_sha.update(chunk)
+                if raw_size < 16:
+                    head = (head + chunk)[:16]
+                tail = (tail + chunk[-4096:])[-4096:]
+                raw_size += len(chunk)
+                if observe is not None:
+                    observe(chunk)
+                yield chunk
 
     if compression == "none":
         for chunk in raw_chunks():
@@ -268,7 +288,7 @@ def compress_stream(source, handle, compression, level, *, workers=None, observe
     elif compression == "gzip":
         decoded_size = _write_gzip(raw_chunks(), sink, level, workers or compression_workers())
     elif compression == "zstd":
-        decoded_size = _write_zstd(raw_chunks(), sink, level, raw_sha)
+        decoded_size = _write_zstd(raw_chunks(), sink, level)
     else:
         raise BackupError(f"unknown compression {compression!r}")
     return {
@@ -277,6 +297,7 @@ def compress_stream(source, handle, compression, level, *, workers=None, observe
         "sha256": sink.sha.hexdigest(),
         "size": sink.size,
         "decoded_size": decoded_size,
+        "decode_check": _DECODE_CHECKS[compression],
         "head": head,
         "tail": tail,
     }

@@ -8,6 +8,7 @@ Runs on controllers and on hosts (as the plain package ``tradingbot_ops``).
 # pylint: disable=ansible-bad-function
 
 import contextlib
+import fcntl
 import queue
 import signal
 import subprocess
@@ -16,6 +17,17 @@ import threading
 
 from .errors import BackupError
 from .fsutil import CHUNK_SIZE
+
+# Linux's fcntl to resize a pipe; the constant is missing from fcntl before Python 3.10.
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def widen_pipe(stream):
+    """Give a pipe a buffer of CHUNK_SIZE instead of 64 KiB, so the process writing it runs on
+    while the reader hashes, counts or compresses a chunk; where it fails, the pipe stays."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, CHUNK_SIZE)
+    return stream
 
 
 class ChildPipe:
@@ -33,6 +45,7 @@ class ChildPipe:
         self._feed_error = None
         self._cut_short = False
         self._closed = False
+        self.messages = []  # the child's stderr lines, once closed
         # A file, so a chatty child never blocks on stderr; close() closes it.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         try:
@@ -41,6 +54,9 @@ class ChildPipe:
         except BaseException:
             self._stderr.close()
             raise
+        widen_pipe(self._proc.stdout)
+        if feed is not None:
+            widen_pipe(self._proc.stdin)
         self._feeder = None
         if feed is not None:
             self._feeder = threading.Thread(target=self._feed, args=(feed,), daemon=True)
@@ -83,6 +99,7 @@ class ChildPipe:
         self._stderr.seek(0)
         lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
         self._stderr.close()
+        self.messages = lines
         if kill:
             return
         if self._feed_error is not None:

@@ -38,7 +38,11 @@ def check_written(path, written):
         raise BackupError(f"{name} does not decode to the source stream (size mismatch)")
     if sha256_file(path) != written["sha256"] or os.path.getsize(path) != written["size"]:
         raise BackupError(f"{name} on disk differs from what was written (sha256 or size mismatch)")
-    return {"ok": True, "detail": f"{written['decoded_size']} bytes decoded while writing"}
+    return {
+        "ok": True,
+        "detail": f"{written['decoded_size']} bytes decoded while writing",
+        "method": f"{written['decode_check']}; sha256 of the file on disk equals what was written",
+    }
 
 
 def checksum_problems(sha256, size, manifest):

@@ -66,10 +66,7 @@ class CopyRowCounter:
     def _scan_data(self, data, pos):
         """Count rows up to the section's end; return where scanning goes on, or None when the
         chunk is used up."""
-        if self._line_start and data.startswith(_END, pos):
-            end = pos
-        else:
-            end = _section_end(data, pos)
+        end = pos if self._line_start and data.startswith(_END, pos) else _section_end(data, pos)
         if end >= 0:
             self._rows += data.count(b"\n", pos, end)
             self.counts[self._table] = self.counts.get(self._table, 0) + self._rows

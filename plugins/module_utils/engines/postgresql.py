@@ -14,7 +14,7 @@ from ..circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitBreak
 from ..compression import compress_stream, decode_file
 from ..errors import BackupError
 from ..fsutil import finish_file, open_exclusive, oserror
-from ..streams import tool_version
+from ..streams import tool_version, widen_pipe
 from ..verification import check_written, compare_written, preflight
 from . import postgresql_restore
 from .base import EngineAdapter
@@ -131,6 +131,7 @@ def _dump(runner, plan, snapshot_id, tmp_path, observe=None):
         args += ["--format=plain"]
     with tempfile.TemporaryFile() as err:
         dump = runner.popen("pg_dump", args, stdout=subprocess.PIPE, stderr=err)
+        widen_pipe(dump.stdout)
         handle = open_exclusive(tmp_path)
         try:
             stream = compress_stream(dump.stdout, handle, plan.file_compression, plan.level, observe=observe)
@@ -300,11 +301,7 @@ class PostgresqlAdapter(EngineAdapter):
         verification = check_written(path, stream)
         if PG_DUMP_COMPLETE not in stream["tail"]:
             raise BackupError(f"{os.path.basename(path)} lacks pg_dump's completion comment: the dump is incomplete")
-        method = (
-            f"decoded while writing ({plan.file_compression}), equal to the source byte for byte; "
-            "sha256 of the file on disk equals what was written; pg_dump completion comment present"
-        )
-        return dict(verification, method=method)
+        return dict(verification, method=verification["method"] + "; pg_dump completion comment present")
 
     def format_problems(self, stats, manifest):
         if manifest.get("format") == "custom":

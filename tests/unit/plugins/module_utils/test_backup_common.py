@@ -7,7 +7,7 @@ import os
 import shutil
 
 import pytest
-from ansible_collections.tradingbot.ops.plugins.module_utils import catalog, fsutil, options
+from ansible_collections.tradingbot.ops.plugins.module_utils import catalog, fsutil, options, verification
 from ansible_collections.tradingbot.ops.plugins.module_utils import compression as codecs
 from ansible_collections.tradingbot.ops.plugins.module_utils.engines import pg_client
 from ansible_collections.tradingbot.ops.plugins.module_utils.errors import BackupError
@@ -180,3 +180,63 @@ def test_flipped_byte_in_zstd_is_detected(tmp_path):
     target.write_bytes(bytes(blob))
     with pytest.raises(BackupError, match="does not decode"):
         codecs.decode_file(str(target), "zstd")
+
+
+def _zstd_compressor_with(monkeypatch, change_output=None, change_input=None):
+    """Run the real zstd compressor, with its input or its output changed on the way."""
+    real = codecs.zstd_compressor
+
+    def compressor(feed, level):
+        pipe = real(change_input(feed) if change_input else feed, level)
+        if change_output is None:
+            return pipe
+        return _Wrapped(pipe, change_output)
+
+    monkeypatch.setattr(codecs, "zstd_compressor", compressor)
+
+
+class _Wrapped:
+    def __init__(self, pipe, change):
+        self.pipe, self.change = pipe, change
+
+    def __enter__(self):
+        self.pipe.__enter__()
+        return self.change(iter(self.pipe))
+
+    def __exit__(self, *exc):
+        return self.pipe.__exit__(*exc)
+
+
+def test_zstd_output_corrupted_on_its_way_to_the_file_is_refused(tmp_path, monkeypatch):
+    if not shutil.which("zstd"):
+        pytest.skip("zstd binary not installed")
+
+    def flip(chunks):
+        for chunk in chunks:
+            flipped = bytearray(chunk)
+            flipped[len(flipped) // 2] ^= 0x01
+            yield bytes(flipped)
+
+    _zstd_compressor_with(monkeypatch, change_output=flip)
+    with open(tmp_path / "out.zst", "wb") as handle, pytest.raises(BackupError, match="does not decode"):
+        codecs.compress_stream(io.BytesIO(_payload(3 * fsutil.CHUNK_SIZE)), handle, "zstd", 3)
+
+
+def test_zstd_input_cut_short_is_refused_by_its_decoded_size(tmp_path, monkeypatch):
+    if not shutil.which("zstd"):
+        pytest.skip("zstd binary not installed")
+
+    def all_but_the_last(chunks):
+        pending = None
+        for chunk in chunks:
+            if pending is not None:
+                yield pending
+            pending = chunk
+
+    _zstd_compressor_with(monkeypatch, change_input=all_but_the_last)
+    target = tmp_path / "out.zst"
+    with open(target, "wb") as handle:
+        written = codecs.compress_stream(io.BytesIO(_payload(3 * fsutil.CHUNK_SIZE)), handle, "zstd", 3)
+    assert written["decoded_size"] == 2 * fsutil.CHUNK_SIZE < written["raw_size"]
+    with pytest.raises(BackupError, match="size mismatch"):
+        verification.check_written(str(target), written)
