@@ -54,8 +54,42 @@ run_sanity() {
   stage ansible-test-sanity bash tools/sanity.sh
 }
 
+pytest_command=(python -m pytest -p no:cacheprovider tests/ -ra)
+
 run_pytest() {
-  stage pytest python -m pytest -p no:cacheprovider tests/ -ra
+  stage pytest "${pytest_command[@]}"
+}
+
+# With the molecule stage in the same run, pytest runs beside it: the scenarios wait on
+# containers and ansible's round trips for much of their time, which leaves a core to pytest.
+# Its output goes to its log, shown when the molecule stage is over.
+pytest_pid=
+start_pytest_beside_molecule() {
+  log "stage pytest: ${pytest_command[*]} (beside the molecule stage; its log: $stage_logs/pytest.log)"
+  {
+    local started=$SECONDS
+    "${pytest_command[@]}" >"$stage_logs/pytest.log" 2>&1
+    echo "$? $((SECONDS - started))" >"$stage_logs/pytest.result"
+  } &
+  pytest_pid=$!
+}
+
+finish_pytest_beside_molecule() {
+  [ -n "$pytest_pid" ] || return 0
+  wait "$pytest_pid"
+  pytest_pid=
+  local rc=1 seconds=0
+  [ ! -s "$stage_logs/pytest.result" ] || read -r rc seconds <"$stage_logs/pytest.result"
+  tail -n 40 "$stage_logs/pytest.log"
+  if [ "$rc" -eq 0 ]; then
+    passed=$((passed + 1))
+    log "stage pytest passed ($seconds s, beside the molecule stage)"
+  else
+    failed=$((failed + 1))
+    failed_stages+=(pytest)
+    log "stage pytest FAILED with exit $rc ($seconds s, beside the molecule stage)"
+  fi
+  stage_times+=("$(printf '%6d s  %-6s %s' "$seconds" "$([ "$rc" -eq 0 ] && echo passed || echo FAILED)" "pytest (beside molecule)")")
 }
 
 molecule_scenarios() {
@@ -114,12 +148,22 @@ main() {
     case $name in
       lint) run_lint ;;
       sanity) run_sanity ;;
-      pytest) run_pytest ;;
-      molecule) run_molecule ;;
+      pytest)
+        if [[ " ${stages[*]} " == *" molecule "* ]]; then
+          start_pytest_beside_molecule
+        else
+          run_pytest
+        fi
+        ;;
+      molecule)
+        run_molecule
+        finish_pytest_beside_molecule
+        ;;
       ee) run_ee ;;
       *) die "unknown stage '$name' (lint, sanity, pytest, molecule, ee)" ;;
     esac
   done
+  finish_pytest_beside_molecule
   for name in "${failed_stages[@]}"; do
     log "why stage $name failed (the lines that name an error, then its last lines; all of it: $stage_logs/$name.log)"
     sed 's/\x1b\[[0-9;]*[A-Za-z]//g' "$stage_logs/$name.log" |
