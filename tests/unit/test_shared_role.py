@@ -16,7 +16,7 @@ COLLECTIONS = next(p for p in sys.path if (Path(p) / "ansible_collections" / "tr
 ENTRY_POINTS = sorted(p.stem for p in (REPO / "roles" / "tradingbot" / "tasks").glob("*.yml") if p.stem != "main")
 
 
-def run_play(tmp_path, tasks, roles_dir=None):
+def run_play(tmp_path, tasks, roles_dir=None, *options):
     play = [{"name": "Probe", "hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}]
     (tmp_path / "play.yml").write_text(json.dumps(play))
     env = dict(
@@ -27,8 +27,9 @@ def run_play(tmp_path, tasks, roles_dir=None):
         ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
         ANSIBLE_ROLES_PATH=str(roles_dir or tmp_path),
     )
+    interpreter = f"ansible_python_interpreter={sys.executable}"
     return subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-e", f"ansible_python_interpreter={sys.executable}", "play.yml"],
+        [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-e", interpreter, *options, "play.yml"],
         capture_output=True,
         text=True,
         env=env,
@@ -38,7 +39,7 @@ def run_play(tmp_path, tasks, roles_dir=None):
 
 
 def test_the_entry_points_are_found():
-    assert ENTRY_POINTS == ["lib", "timer", "units"]
+    assert ENTRY_POINTS == ["absent", "lib", "timer", "units"]
 
 
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
@@ -63,3 +64,26 @@ def test_an_entry_point_runs_when_a_role_includes_it(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "is internal" not in result.stdout
+
+
+def test_absent_removes_only_the_paths_that_exist(tmp_path):
+    # Check mode, since this host has no systemd for the reload handler: the probe still runs
+    # for real, and the removal reports what it would remove without touching it.
+    present = [tmp_path / "present.conf", tmp_path / "dangling-link"]
+    present[0].write_text("x")
+    present[1].symlink_to(tmp_path / "nowhere")
+    missing = tmp_path / "never-installed.service"
+    role = tmp_path / "roles" / "caller" / "tasks"
+    role.mkdir(parents=True)
+    include = {
+        "ansible.builtin.include_role": {"name": "tradingbot.ops.tradingbot", "tasks_from": "absent"},
+        "vars": {"_tradingbot_absent": [str(p) for p in (present[0], missing, present[1])]},
+    }
+    (role / "main.yml").write_text(json.dumps([{"name": "Include", **include}]))
+    play = [{"name": "Caller", "ansible.builtin.include_role": {"name": "caller"}}]
+    result = run_play(tmp_path, play, tmp_path / "roles", "--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    would_remove = [line for line in result.stdout.splitlines() if line.startswith("changed:")]
+    assert [str(p) in " ".join(would_remove) for p in present] == [True, True]
+    assert str(missing) not in result.stdout.split("Remove the ones that exist", 1)[1]
+    assert all(os.path.lexists(p) for p in present)
