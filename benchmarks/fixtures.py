@@ -153,6 +153,11 @@ class Cluster:
     def size_mb(self):
         return int(self.sql("SELECT pg_database_size('bench')")) / MIB
 
+    def settle(self):
+        """Write back what earlier runs left dirty, in the server's buffers and the page cache."""
+        self.sql("CHECKPOINT")
+        os.sync()
+
     def drop(self, database):
         self.as_postgres(self.client("dropdb", "--if-exists", database), capture_output=True)
 

@@ -16,7 +16,8 @@ plugins/module_utils as ``tradingbot_ops``), from each --tree and from this chec
 includes everything the engine does: SHA-256 and full decode against the manifest, the restore
 into a candidate, fsync, the integrity check and per-table row counts, the safety copy and the
 swap. Untimed between runs: the safety copy is removed, the shell's target emptied, and
-``sync`` writes back what the previous run left dirty, so no side pays for another's writes.
+``sync`` (on PostgreSQL a ``CHECKPOINT`` first) writes back what the previous run left dirty,
+so no side pays for another's writes.
 
 The backup is made once by the first tree's host CLI (so an older tree's backup is what newer
 code restores) and cached beside the data. Targets, checked on this checkout: time ratio
@@ -55,8 +56,9 @@ def cached_backup(tree, config, backup_dir):
     raise SystemExit(f"the backup CLI wrote no backup with a manifest into {backup_dir}")
 
 
-def ours_side(tree, options, work, discard):
-    """One restore by ``tree``'s engine; ``discard`` removes the safety copy it leaves (untimed)."""
+def ours_side(tree, options, work, discard, settle=os.sync):
+    """One restore by ``tree``'s engine; ``discard`` removes the safety copy it leaves and
+    ``settle`` writes back what the run before left dirty (both untimed)."""
     options_path = Path(work) / f"restore-{tree.label}.json"
     options_path.write_text(json.dumps(options), encoding="utf-8")
     result_path = Path(work) / f"restore-{tree.label}.out"
@@ -68,7 +70,7 @@ def ours_side(tree, options, work, discard):
         discard(json.loads(result_path.read_text(encoding="utf-8"))["safety_copy"])
         return sample
 
-    return harness.Side(f"ours ({tree.label})", run, prepare=os.sync)
+    return harness.Side(f"ours ({tree.label})", run, prepare=settle)
 
 
 def judge(results, engine, baseline, trees, verdicts):
@@ -122,7 +124,7 @@ def bench_postgres(args, trees, work, verdicts):
         def fresh_shell_database():
             cluster.drop("shell")
             cluster.as_postgres(cluster.client("createdb", "shell"))
-            os.sync()
+            cluster.settle()
 
         baseline = harness.Side(
             "baseline: gunzip -c | psql",
@@ -130,7 +132,7 @@ def bench_postgres(args, trees, work, verdicts):
             prepare=fresh_shell_database,
         )
         options = dict(cluster.params(), engine="postgresql", backup_dir=str(backup_dir))
-        sides = [baseline] + [ours_side(tree, options, work, cluster.drop) for tree in trees]
+        sides = [baseline] + [ours_side(tree, options, work, cluster.drop, cluster.settle) for tree in trees]
         print(f"baseline: {shell_cmd}")
         try:
             results = harness.alternate(sides, pairs=args.pairs, warmup=args.warmup)
