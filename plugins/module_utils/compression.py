@@ -8,6 +8,7 @@ import concurrent.futures
 import contextlib
 import gzip
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -25,6 +26,13 @@ COMPRESSION_SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
 SUFFIX_COMPRESSION = {suffix: name for name, suffix in COMPRESSION_SUFFIX.items()}
 # Compressed gzip members in flight per worker: bounds memory whatever the database size.
 _INFLIGHT_PER_WORKER = 2
+# The start of every gzip member zlib writes (deflate, no flags, no mtime): where the members of
+# compress_stream's files begin, so that a decoder can inflate them side by side.
+_GZIP_MEMBER_START = b"\x1f\x8b\x08\x00\x00\x00\x00\x00"
+# A piece handed to one worker ends at the next member start, or here whatever follows.
+_PIECE_LIMIT = 4 * CHUNK_SIZE
+# What one worker may inflate from a piece: a member of compress_stream decodes to CHUNK_SIZE.
+_PIECE_OUTPUT_LIMIT = 2 * CHUNK_SIZE
 # How compress_stream proves, per compression, that what it wrote decodes to the source.
 _DECODE_CHECKS = {
     "gzip": "decoded while writing (gzip): every member inflated again and equal to its source bytes",
@@ -86,6 +94,79 @@ def gunzip(chunks):
         raise BackupError("the gzip stream is truncated (it ends inside a member)")
 
 
+def gzip_pieces(chunks):
+    """Cut a gzip stream, given as chunks, where a member starts; yield the pieces.
+
+    A piece is whole members when every member start is found and none is faked by the bytes
+    inside a member; a piece is cut at ``_PIECE_LIMIT`` when no start follows (a file of one
+    large member). ``gunzip_parallel`` tells the cases apart.
+    """
+    buffered = b""
+    scanned = 1  # where the search for the next start resumes: past the piece's own start
+    for chunk in chunks:
+        buffered += chunk
+        while True:
+            cut = buffered.find(_GZIP_MEMBER_START, scanned)
+            if cut < 0 and len(buffered) > _PIECE_LIMIT:
+                cut = _PIECE_LIMIT
+            if cut < 0:
+                scanned = max(1, len(buffered) - len(_GZIP_MEMBER_START) + 1)
+                break
+            yield buffered[:cut]
+            buffered = buffered[cut:]
+            scanned = 1
+    if buffered:
+        yield buffered
+
+
+def _inflate_piece(piece):
+    """Inflate a piece that is exactly one gzip member; None when it is anything else."""
+    decoder = zlib.decompressobj(wbits=31)
+    try:
+        out = decoder.decompress(piece, _PIECE_OUTPUT_LIMIT)
+    except zlib.error:
+        return None
+    if decoder.eof and not decoder.unused_data and not decoder.unconsumed_tail:
+        return out
+    return None
+
+
+def gunzip_parallel(chunks, workers):
+    """``gunzip``, with the members of ``chunks`` inflated on ``workers`` threads (zlib releases
+    the GIL); yield the decoded pieces in order.
+
+    Each piece ``gzip_pieces`` cuts is inflated on its own as one member. The first piece that
+    is not exactly one member (a member start faked by the bytes in a member, a member larger
+    than a piece, a corrupt or truncated member) and everything after it go through ``gunzip``
+    in this thread, which decodes any gzip stream and raises on a bad one.
+    """
+    if workers < 2:
+        yield from gunzip(chunks)
+        return
+    pieces = gzip_pieces(chunks)
+    window = collections.deque()  # (piece, its inflation), in order
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        try:
+            while True:
+                while len(window) <= workers * _INFLIGHT_PER_WORKER:
+                    piece = next(pieces, None)
+                    if piece is None:
+                        break
+                    window.append((piece, pool.submit(_inflate_piece, piece)))
+                if not window:
+                    return
+                out = window[0][1].result()
+                if out is None:
+                    break
+                window.popleft()
+                if out:
+                    yield out
+        finally:
+            for _piece, inflation in window:
+                inflation.cancel()
+    yield from gunzip(itertools.chain([piece for piece, _inflation in window], pieces))
+
+
 def zstd_decompressor(feed):
     """A ``ChildPipe`` decoding the zstd stream ``feed`` (zstd checks its frame checksums)."""
     return ChildPipe([zstd_binary(), "-d", "-c", "-q"], "the zstd stream does not decode", feed)
@@ -124,8 +205,9 @@ def decode_file(path, compression, sink=None, hash_decoded=True):
     tail}`` of the decoded stream (``decoded_sha256`` is None unless ``hash_decoded``;
     ``head``/``tail`` are its first 16 and last 4096 bytes). ``sink``, when given, receives
     every decoded chunk (a temp file, pg_restore's stdin); what it raises propagates. Reading
-    and hashing the file, decoding, and hashing the decoded stream overlap on separate threads
-    (zstd: a child process). Raises BackupError when the file does not decode.
+    and hashing the file, decoding (gzip: members side by side on a thread pool; zstd: a child
+    process), and hashing the decoded stream overlap on separate threads. Raises BackupError
+    when the file does not decode.
     """
     file_sha = hashlib.sha256()
     size = 0
@@ -144,7 +226,9 @@ def decode_file(path, compression, sink=None, hash_decoded=True):
     with contextlib.ExitStack() as stack:
         # Closed in reverse order: each consumer thread is joined before what it reads is closed.
         if compression == "gzip":
-            decoded = gunzip(stack.enter_context(contextlib.closing(threaded(read_hashed()))))
+            decoded = gunzip_parallel(
+                stack.enter_context(contextlib.closing(threaded(read_hashed()))), compression_workers()
+            )
             stack.enter_context(contextlib.closing(decoded))
         elif compression == "zstd":
             decoded = stack.enter_context(zstd_decompressor(read_hashed()))

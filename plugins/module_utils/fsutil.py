@@ -62,13 +62,22 @@ def file_lock(path, busy_message, timeout):
         os.close(fd)
 
 
-def fsync_dir(path):
-    """fsync a directory so that renames and unlinks inside it survive a crash."""
-    fd = os.open(str(path), os.O_RDONLY | os.O_DIRECTORY)
+def _fsync_path(path, flags):
+    fd = os.open(str(path), os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(path):
+    """fsync a file written and closed earlier, so that its data survives a crash."""
+    _fsync_path(path, 0)
+
+
+def fsync_dir(path):
+    """fsync a directory so that renames and unlinks inside it survive a crash."""
+    _fsync_path(path, os.O_DIRECTORY)
 
 
 def write_atomic(path, text, mode=0o640, *, uid=-1, gid=-1, fsync=True):

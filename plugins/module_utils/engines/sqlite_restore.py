@@ -8,7 +8,7 @@ import sqlite3
 import tempfile
 
 from ..errors import BackupError
-from ..fsutil import fsync_dir
+from ..fsutil import fsync_dir, fsync_file
 from ..verification import PreflightError, validate_counts_and_digest, validation_failure
 from .sqlite_db import (
     SQLITE_SIDECARS,
@@ -84,17 +84,18 @@ def _sqlite_decode_and_validate(adapter, path, manifest, tmp, *, owner, full_int
         if (current.st_uid, current.st_gid) != (uid, gid):
             os.fchown(handle.fileno(), uid, gid)
         os.fchmod(handle.fileno(), mode)
-        os.fsync(handle.fileno())
     _sqlite_keep_journal_mode(tmp, (manifest.get("source") or {}).get("journal_mode"))
-    # The checks only read the file; sqlite3 releases the GIL while a query runs, so they
-    # overlap on separate connections.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+    # The checks only read the file, from the page cache while its pages are written back;
+    # sqlite3 releases the GIL while a query runs, so they overlap on separate connections.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        durable = pool.submit(fsync_file, tmp)
         integrity = pool.submit(integrity_check, tmp, full_integrity_check)
         counts = pool.submit(sqlite_table_counts, tmp)
         digest = pool.submit(sqlite_content_digest, tmp) if verify_digest and manifest.get("content_digest") else None
         try:
             checks["integrity"] = integrity.result()
             ok = validate_counts_and_digest(checks, manifest, counts.result, digest and digest.result, verify_digest)
+            durable.result()
         finally:
             for future in (counts, digest):
                 if future is not None:
