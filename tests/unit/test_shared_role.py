@@ -87,3 +87,29 @@ def test_absent_removes_only_the_paths_that_exist(tmp_path):
     assert [str(p) in " ".join(would_remove) for p in present] == [True, True]
     assert str(missing) not in result.stdout.split("Remove the ones that exist", 1)[1]
     assert all(os.path.lexists(p) for p in present)
+
+
+def test_absent_finds_units_by_name_in_the_unit_directory(tmp_path):
+    # The unit directory is the test's own (an extra var outranks the role's vars); check mode
+    # reports what would be disabled and removed, and leaves it.
+    units = tmp_path / "units"
+    units.mkdir()
+    (units / "old-job.timer").write_text("[Timer]\n")
+    role = tmp_path / "roles" / "caller" / "tasks"
+    role.mkdir(parents=True)
+    include = {
+        "ansible.builtin.include_role": {"name": "tradingbot.ops.tradingbot", "tasks_from": "absent"},
+        "vars": {
+            "_tradingbot_absent_units": ["old-job.timer", "old-job.service", "old-job.timer"],
+            "_tradingbot_absent_stop": ["old-job.timer", "old-job.service"],
+        },
+    }
+    (role / "main.yml").write_text(json.dumps([{"name": "Include", **include}]))
+    play = [{"name": "Caller", "ansible.builtin.include_role": {"name": "caller"}}]
+    result = run_play(tmp_path, play, tmp_path / "roles", "--check", "-e", f"__tradingbot_unit_dir={units}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    changed = [line for line in result.stdout.splitlines() if line.startswith("changed:")]
+    assert len(changed) == 2, result.stdout  # disable old-job.timer, remove its file
+    assert all("old-job.timer" in line for line in changed)
+    assert "old-job.service" not in " ".join(changed)
+    assert (units / "old-job.timer").exists()
