@@ -23,6 +23,20 @@ stage_times=()
 stage_logs="$repo/.pytest_cache/stage-logs"
 rm -rf "$stage_logs" && mkdir -p "$stage_logs"
 
+# record_stage NAME RC SECONDS [NOTE]: count a finished stage, log it and keep its time.
+record_stage() {
+  local name=$1 rc=$2 seconds=$3 note=${4:+, $4}
+  if [ "$rc" -eq 0 ]; then
+    passed=$((passed + 1))
+    log "stage $name passed ($seconds s$note)"
+  else
+    failed=$((failed + 1))
+    failed_stages+=("$name")
+    log "stage $name FAILED with exit $rc ($seconds s$note)"
+  fi
+  stage_times+=("$(printf '%6d s  %-6s %s' "$seconds" "$([ "$rc" -eq 0 ] && echo passed || echo FAILED)" "$name${4:+ ($4)}")")
+}
+
 stage() {
   local name=$1 started rc
   shift
@@ -30,15 +44,7 @@ stage() {
   log "stage $name: $*"
   "$@" 2>&1 | tee "$stage_logs/$name.log"
   rc=${PIPESTATUS[0]}
-  if [ $rc -eq 0 ]; then
-    passed=$((passed + 1))
-    log "stage $name passed ($((SECONDS - started)) s)"
-  else
-    failed=$((failed + 1))
-    failed_stages+=("$name")
-    log "stage $name FAILED with exit $rc ($((SECONDS - started)) s)"
-  fi
-  stage_times+=("$(printf '%6d s  %-6s %s' $((SECONDS - started)) "$([ $rc -eq 0 ] && echo passed || echo FAILED)" "$name")")
+  record_stage "$name" "$rc" $((SECONDS - started))
 }
 
 run_lint() {
@@ -81,15 +87,7 @@ finish_pytest_beside_molecule() {
   local rc=1 seconds=0
   [ ! -s "$stage_logs/pytest.result" ] || read -r rc seconds <"$stage_logs/pytest.result"
   tail -n 40 "$stage_logs/pytest.log"
-  if [ "$rc" -eq 0 ]; then
-    passed=$((passed + 1))
-    log "stage pytest passed ($seconds s, beside the molecule stage)"
-  else
-    failed=$((failed + 1))
-    failed_stages+=(pytest)
-    log "stage pytest FAILED with exit $rc ($seconds s, beside the molecule stage)"
-  fi
-  stage_times+=("$(printf '%6d s  %-6s %s' "$seconds" "$([ "$rc" -eq 0 ] && echo passed || echo FAILED)" "pytest (beside molecule)")")
+  record_stage pytest "$rc" "$seconds" "beside the molecule stage"
 }
 
 molecule_scenarios() {
