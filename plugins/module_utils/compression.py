@@ -6,6 +6,7 @@ The one place that knows the compressions, their levels and their file-name suff
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import gzip
 import hashlib
 import itertools
@@ -94,6 +95,27 @@ def gunzip(chunks):
         raise BackupError("the gzip stream is truncated (it ends inside a member)")
 
 
+def _in_order(function, items, workers, window=None):
+    """Yield ``(item, function(item))`` for each of ``items``, in their order, computed on
+    ``workers`` threads at most ``_INFLIGHT_PER_WORKER`` items per worker ahead, so memory stays
+    bounded. ``window``, when given, holds what was handed to the threads and not yet yielded:
+    a caller that stops early takes those items over. Closing cancels what has not started."""
+    window = collections.deque() if window is None else window
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        try:
+            for item in items:
+                window.append((item, pool.submit(function, item)))
+                while len(window) > workers * _INFLIGHT_PER_WORKER:
+                    first, result = window.popleft()
+                    yield first, result.result()
+            while window:
+                first, result = window.popleft()
+                yield first, result.result()
+        finally:
+            for _item, result in window:
+                result.cancel()
+
+
 def gzip_pieces(chunks):
     """Cut a gzip stream, given as chunks, where a member starts; yield the pieces.
 
@@ -144,27 +166,18 @@ def gunzip_parallel(chunks, workers):
         yield from gunzip(chunks)
         return
     pieces = gzip_pieces(chunks)
-    window = collections.deque()  # (piece, its inflation), in order
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        try:
-            while True:
-                while len(window) <= workers * _INFLIGHT_PER_WORKER:
-                    piece = next(pieces, None)
-                    if piece is None:
-                        break
-                    window.append((piece, pool.submit(_inflate_piece, piece)))
-                if not window:
-                    return
-                out = window[0][1].result()
-                if out is None:
-                    break
-                window.popleft()
-                if out:
-                    yield out
-        finally:
-            for _piece, inflation in window:
-                inflation.cancel()
-    yield from gunzip(itertools.chain([piece for piece, _inflation in window], pieces))
+    window = collections.deque()
+    inflated = _in_order(_inflate_piece, pieces, workers, window)
+    with contextlib.closing(inflated):
+        for piece, out in inflated:
+            if out is None:
+                rest = [piece, *(later for later, _inflation in window)]
+                break
+            if out:
+                yield out
+        else:
+            return
+    yield from gunzip(itertools.chain(rest, pieces))
 
 
 def zstd_decompressor(feed):
@@ -284,19 +297,11 @@ class _Sink:
 def _write_gzip(chunks, sink, level, workers):
     """Compress ``chunks`` into gzip members on ``workers`` threads, each decoded again there."""
     size = 0
-    pending = collections.deque()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        try:
-            for chunk in chunks:
-                size += len(chunk)
-                pending.append(pool.submit(_gzip_member, chunk, level))
-                while len(pending) > workers * _INFLIGHT_PER_WORKER:
-                    sink.write(pending.popleft().result())
-            while pending:
-                sink.write(pending.popleft().result())
-        finally:
-            for future in pending:
-                future.cancel()
+    members = _in_order(functools.partial(_gzip_member, level=level), chunks, workers)
+    with contextlib.closing(members):
+        for chunk, member in members:
+            size += len(chunk)
+            sink.write(member)
     if size == 0:
         sink.write(_gzip_member(b"", level))
     return size

@@ -5,7 +5,6 @@ import gzip
 import io
 import os
 import random
-import zlib
 
 import pytest
 from ansible_collections.tradingbot.ops.plugins.module_utils import compression as codecs
@@ -14,9 +13,8 @@ from ansible_collections.tradingbot.ops.plugins.module_utils.fsutil import CHUNK
 
 
 def _member(data, level=6):
-    """One gzip member as zlib writes it, like each member of compress_stream's files."""
-    encoder = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return encoder.compress(data) + encoder.flush()
+    """One gzip member as compress_stream writes it."""
+    return codecs._gzip_member(data, level)
 
 
 def _rows(size, seed=7):
